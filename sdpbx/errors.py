@@ -1,0 +1,27 @@
+"""The one exception tree of sdpbx.
+
+Every error that sdpbx raises on purpose derives from :class:`SdpbxError`, so an
+application can catch ours without catching everything. Errors from third-party
+libraries (httpx, sqlite3, ssl) are translated at the boundary where they occur.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConfigError", "SdpbxError"]
+
+
+class SdpbxError(Exception):
+    """Base class of every exception sdpbx raises deliberately."""
+
+
+class ConfigError(SdpbxError):
+    """A configuration file or object is invalid.
+
+    ``errors`` lists ``(path, message)`` pairs such as
+    ``("proxy.user_backends[1].url", "not a valid URL")``, so that a bad
+    config is reported with every offending key at once.
+    """
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors = list(errors)
+        super().__init__("; ".join(f"{path}: {message}" for path, message in self.errors))

@@ -1,0 +1,41 @@
+"""The sans-IO SIP core: messages, URIs, headers, framing, transactions, digest.
+
+Nothing in this package touches a socket, a clock or an event loop. Bytes and
+events go in (with the current time as an argument), bytes and events come
+out; the I/O layers in :mod:`sdpbx.transport` and :mod:`sdpbx.stack` drive it.
+"""
+
+from .errors import LocalProtocolError, SipError, SipParseError
+from .fields import CSeq, NameAddr, Via, parse_header_params
+from .headers import Headers, canonical_key, split_commas
+from .ids import new_branch, new_call_id, new_tag
+from .message import Message, Request, Response, make_response, parse_message
+from .reasons import reason_phrase
+from .uri import AbsoluteUri, SipUri, TelUri, Uri, parse_uri
+
+__all__ = [
+    "AbsoluteUri",
+    "CSeq",
+    "Headers",
+    "LocalProtocolError",
+    "Message",
+    "NameAddr",
+    "Request",
+    "Response",
+    "SipError",
+    "SipParseError",
+    "SipUri",
+    "TelUri",
+    "Uri",
+    "Via",
+    "canonical_key",
+    "make_response",
+    "new_branch",
+    "new_call_id",
+    "new_tag",
+    "parse_header_params",
+    "parse_message",
+    "parse_uri",
+    "reason_phrase",
+    "split_commas",
+]

@@ -1,0 +1,524 @@
+"""SIP requests and responses as immutable values, and the wire parser.
+
+``parse_message`` does the least work that lets every message be routed and
+answered: the start line, the header lines, the framing and the presence of
+the mandatory headers. Everything else is parsed when asked for, by typed
+accessors that cache their result (``msg.via``, ``msg.cseq``, ``msg.from_``).
+A message that is forwarded unchanged is sent as the very bytes received.
+
+Errors raise :class:`~.errors.SipParseError` with the status a server should
+answer. An accessor may raise it too, later, for a header nobody looked at
+during parsing; :meth:`Message.validate` parses every known header at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from attrs import define, field
+
+from .errors import SipParseError
+from .fields import CSeq, NameAddr, Via
+from .headers import Headers, canonical_key, pretty_name, split_commas
+from .reasons import reason_phrase
+from .uri import Uri, parse_uri
+
+__all__ = [
+    "Message",
+    "Request",
+    "Response",
+    "make_response",
+    "parse_message",
+]
+
+_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+#: Headers that may appear once only; two of them make the message invalid.
+_SINGLE = ("call-id", "cseq", "from", "to", "max-forwards", "content-type")
+MAX_MESSAGE_SIZE = 65535
+
+
+class Message:
+    """Behaviour shared by :class:`Request` and :class:`Response`."""
+
+    __slots__ = ()
+    headers: Headers
+    body: bytes
+    _raw: bytes | None
+    _cache: dict[str, Any]
+
+    # -- typed accessors (lazy, cached) ------------------------------------
+    def _single(self, key: str) -> str:
+        value = self.headers.get(key)
+        if value is None:
+            raise SipParseError(f"missing {pretty_name(key)} header")
+        return value
+
+    @property
+    def call_id(self) -> str:
+        return self._single("call-id").strip()
+
+    @property
+    def cseq(self) -> CSeq:
+        cache = self._cache
+        v = cache.get("cseq")
+        if v is None:
+            v = cache["cseq"] = CSeq.parse(self._single("cseq"))
+        return v
+
+    @property
+    def from_(self) -> NameAddr:
+        cache = self._cache
+        v = cache.get("from")
+        if v is None:
+            v = cache["from"] = NameAddr.parse(self._single("from"))
+        return v
+
+    @property
+    def to(self) -> NameAddr:
+        cache = self._cache
+        v = cache.get("to")
+        if v is None:
+            v = cache["to"] = NameAddr.parse(self._single("to"))
+        return v
+
+    @property
+    def via(self) -> tuple[Via, ...]:
+        """Every Via element, topmost first."""
+        cache = self._cache
+        v = cache.get("via")
+        if v is None:
+            v = cache["via"] = tuple(Via.parse(x) for x in self.headers.get_list("via"))
+        return v
+
+    @property
+    def top_via(self) -> Via:
+        cache = self._cache
+        v = cache.get("top_via")
+        if v is None:
+            first = self.headers.get("via")
+            if first is None:
+                raise SipParseError("missing Via header")
+            v = cache["top_via"] = Via.parse(split_commas(first)[0])
+        return v
+
+    def _name_addrs(self, key: str) -> tuple[NameAddr, ...]:
+        cache = self._cache
+        v = cache.get(key)
+        if v is None:
+            v = cache[key] = tuple(NameAddr.parse(x) for x in self.headers.get_list(key))
+        return v
+
+    @property
+    def contact_is_star(self) -> bool:
+        """``Contact: *`` (only legal in a REGISTER that removes every binding)."""
+        values = self.headers.get_all("contact")
+        return len(values) == 1 and values[0].strip() == "*"
+
+    @property
+    def contacts(self) -> tuple[NameAddr, ...]:
+        """Every Contact element; raises for ``*`` (check :attr:`contact_is_star`)."""
+        if self.contact_is_star:
+            raise SipParseError("Contact: * where a URI was expected")
+        return self._name_addrs("contact")
+
+    @property
+    def routes(self) -> tuple[NameAddr, ...]:
+        return self._name_addrs("route")
+
+    @property
+    def record_routes(self) -> tuple[NameAddr, ...]:
+        return self._name_addrs("record-route")
+
+    @property
+    def paths(self) -> tuple[NameAddr, ...]:
+        return self._name_addrs("path")
+
+    def _int(self, key: str, limit: int) -> int | None:
+        value = self.headers.get(key)
+        if value is None:
+            return None
+        value = value.strip()
+        if not value.isdigit():
+            raise SipParseError(f"malformed {pretty_name(key)} {value!r}")
+        number = int(value)
+        if number > limit:
+            raise SipParseError(f"{pretty_name(key)} {value} is too large")
+        return number
+
+    @property
+    def max_forwards(self) -> int | None:
+        return self._int("max-forwards", 255)
+
+    @property
+    def expires(self) -> int | None:
+        """The Expires header; overlarge values are capped (RFC 3261 §20.19)."""
+        value = self.headers.get("expires")
+        if value is None:
+            return None
+        value = value.strip()
+        if not value.isdigit():
+            raise SipParseError(f"malformed Expires {value!r}")
+        return min(int(value), 2**32 - 1)
+
+    @property
+    def content_length(self) -> int:
+        return len(self.body)
+
+    @property
+    def content_type(self) -> str | None:
+        value = self.headers.get("content-type")
+        return None if value is None else value.strip()
+
+    def _tokens(self, key: str) -> tuple[str, ...]:
+        return tuple(t for t in self.headers.get_list(key) if t)
+
+    @property
+    def allow(self) -> tuple[str, ...]:
+        return self._tokens("allow")
+
+    @property
+    def supported(self) -> tuple[str, ...]:
+        return self._tokens("supported")
+
+    @property
+    def require(self) -> tuple[str, ...]:
+        return self._tokens("require")
+
+    @property
+    def proxy_require(self) -> tuple[str, ...]:
+        return self._tokens("proxy-require")
+
+    @property
+    def authorization(self) -> list[str]:
+        return self.headers.get_all("authorization")
+
+    @property
+    def proxy_authorization(self) -> list[str]:
+        return self.headers.get_all("proxy-authorization")
+
+    @property
+    def www_authenticate(self) -> list[str]:
+        return self.headers.get_all("www-authenticate")
+
+    @property
+    def proxy_authenticate(self) -> list[str]:
+        return self.headers.get_all("proxy-authenticate")
+
+    @property
+    def user_agent(self) -> str | None:
+        return self.headers.get("user-agent")
+
+    def validate(self) -> None:
+        """Parse every header that has a typed accessor; raise if any is bad."""
+        _ = (self.call_id, self.cseq, self.from_, self.to, self.via, self.max_forwards)
+        if not self.contact_is_star:
+            _ = self.contacts
+        _ = (self.routes, self.record_routes, self.expires)
+        _ = (self.allow, self.supported, self.require, self.proxy_require)
+
+    # -- serialisation ---------------------------------------------------
+    def start_line(self) -> str:
+        raise NotImplementedError
+
+    def __bytes__(self) -> bytes:
+        raw = self._raw
+        if raw is not None:
+            return raw
+        lines = [self.start_line()]
+        lines.extend(f"{name}: {value}" for name, value in self.headers)
+        head = "\r\n".join(lines) + "\r\n\r\n"
+        raw = head.encode("utf-8", "surrogateescape") + self.body
+        object.__setattr__(self, "_raw", raw)
+        return raw
+
+
+def _fresh(headers: Headers, body: bytes) -> Headers:
+    """Headers with a Content-Length matching ``body``."""
+    length = str(len(body))
+    if (headers.get("content-length") or "").strip() == length:
+        return headers
+    return headers.set("Content-Length", length)
+
+
+@define(frozen=True, slots=True, eq=False)
+class Request(Message):
+    """A SIP request. Build one with :meth:`create`, or parse bytes."""
+
+    method: str
+    uri: Uri
+    headers: Headers
+    body: bytes = b""
+    version: str = "SIP/2.0"
+    _raw: bytes | None = field(default=None, repr=False)
+    _cache: dict[str, Any] = field(factory=dict, init=False, repr=False)
+
+    is_request: ClassVar[bool] = True
+
+    @classmethod
+    def create(
+        cls,
+        method: str,
+        uri: Uri | str,
+        headers: Headers | list[tuple[str, str]] | tuple[tuple[str, str], ...],
+        body: bytes = b"",
+    ) -> Request:
+        """A new request; Content-Length is set from ``body``."""
+        if isinstance(uri, str):
+            uri = parse_uri(uri)
+        if not isinstance(headers, Headers):
+            headers = Headers(headers)
+        return cls(method, uri, _fresh(headers, body), body)
+
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri} {self.version}"
+
+    def replace(
+        self,
+        *,
+        uri: Uri | None = None,
+        headers: Headers | None = None,
+        body: bytes | None = None,
+        method: str | None = None,
+    ) -> Request:
+        """A copy with some parts replaced (and fresh bytes when serialised)."""
+        new_body = self.body if body is None else body
+        new_headers = self.headers if headers is None else headers
+        if body is not None:
+            new_headers = _fresh(new_headers, new_body)
+        return Request(
+            self.method if method is None else method,
+            self.uri if uri is None else uri,
+            new_headers,
+            new_body,
+            self.version,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Request):
+            return NotImplemented
+        return (self.method, str(self.uri), self.headers, self.body) == (
+            other.method,
+            str(other.uri),
+            other.headers,
+            other.body,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.method, str(self.uri), self.headers, self.body))
+
+
+@define(frozen=True, slots=True, eq=False)
+class Response(Message):
+    """A SIP response."""
+
+    status: int
+    reason: str
+    headers: Headers
+    body: bytes = b""
+    version: str = "SIP/2.0"
+    _raw: bytes | None = field(default=None, repr=False)
+    _cache: dict[str, Any] = field(factory=dict, init=False, repr=False)
+
+    is_request: ClassVar[bool] = False
+
+    @classmethod
+    def create(
+        cls,
+        status: int,
+        headers: Headers | list[tuple[str, str]] | tuple[tuple[str, str], ...],
+        body: bytes = b"",
+        reason: str | None = None,
+    ) -> Response:
+        if not isinstance(headers, Headers):
+            headers = Headers(headers)
+        return cls(
+            status, reason_phrase(status) if reason is None else reason, _fresh(headers, body), body
+        )
+
+    @property
+    def method(self) -> str:
+        """The method of the request this answers (from CSeq)."""
+        return self.cseq.method
+
+    @property
+    def is_provisional(self) -> bool:
+        return self.status < 200
+
+    def start_line(self) -> str:
+        return f"{self.version} {self.status} {self.reason}"
+
+    def replace(self, *, headers: Headers | None = None, body: bytes | None = None) -> Response:
+        new_body = self.body if body is None else body
+        new_headers = self.headers if headers is None else headers
+        if body is not None:
+            new_headers = _fresh(new_headers, new_body)
+        return Response(self.status, self.reason, new_headers, new_body, self.version)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Response):
+            return NotImplemented
+        return (self.status, self.reason, self.headers, self.body) == (
+            other.status,
+            other.reason,
+            other.headers,
+            other.body,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.status, self.headers, self.body))
+
+
+_COPY_TO_RESPONSE = ("via", "from", "call-id", "cseq")
+
+
+def make_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: list[tuple[str, str]] | tuple[tuple[str, str], ...] = (),
+    body: bytes = b"",
+) -> Response:
+    """Build a response to ``request`` as RFC 3261 §8.2.6.2 prescribes.
+
+    Via, From, Call-ID and CSeq are copied verbatim (Via lines in order),
+    To is copied and gets ``to_tag`` unless it already has a tag, and
+    Record-Route is copied into dialog-creating 1xx/2xx responses
+    (§12.1.1). ``headers`` are appended after those.
+    """
+    out: list[tuple[str, str]] = []
+    for name, value in request.headers:
+        key = canonical_key(name)
+        if key in _COPY_TO_RESPONSE:
+            out.append((name, value))
+        elif key == "to":
+            if to_tag is not None and status != 100 and request.to.tag is None:
+                value = f"{value};tag={to_tag}"
+            out.append((name, value))
+        elif key == "record-route" and 100 < status < 300:
+            out.append((name, value))
+    out.extend(headers)
+    return Response.create(status, out, body, reason)
+
+
+# --------------------------------------------------------------------------
+# the parser
+
+
+def _unfold(head: str) -> list[str]:
+    """Split the header block into logical lines, joining folded ones."""
+    lines = head.split("\r\n") if "\r\n" in head else head.split("\n")
+    if len(lines) > 1 and any(line[:1] in (" ", "\t") for line in lines[1:]):
+        out: list[str] = []
+        for line in lines:
+            if line[:1] in (" ", "\t") and out:
+                out[-1] = out[-1].rstrip() + " " + line.strip()
+            else:
+                out.append(line)
+        return out
+    return lines
+
+
+def _find_head_end(data: bytes) -> tuple[int, int]:
+    """Return (end of header block, start of body)."""
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        return end, end + 4
+    end = data.find(b"\n\n")
+    if end >= 0:
+        return end, end + 2
+    # A datagram that ends without the empty line (the RFC 4475 baddn
+    # archive quirk): the header section runs to the end.
+    stripped = data.rstrip(b"\r\n")
+    if len(stripped) < len(data):
+        return len(stripped), len(data)
+    raise SipParseError("no end of header section")
+
+
+def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
+    """Parse one SIP message.
+
+    With ``datagram=True`` (UDP) a Content-Length larger than the data is an
+    error and bytes after the body are ignored (RFC 3261 §18.3); without a
+    Content-Length the body is the rest of the datagram. Stream transports
+    pass exactly one framed message.
+    """
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise SipParseError("message too large", 513)
+    data = data.lstrip(b"\r\n")
+    head_end, body_start = _find_head_end(data)
+    head = data[:head_end].decode("utf-8", "surrogateescape")
+    lines = _unfold(head)
+    start = lines[0]
+    parts = start.split()
+
+    items: list[tuple[str, str]] = []
+    index: dict[str, list[int]] = {}
+    for i, line in enumerate(lines[1:]):
+        name, colon, value = line.partition(":")
+        name = name.rstrip(" \t")
+        if not colon or not name or not _TOKEN_CHARS.issuperset(name):
+            raise SipParseError(f"malformed header line {line[:60]!r}")
+        items.append((name, value.strip()))
+        key = name.lower()
+        if len(key) == 1:
+            key = canonical_key(key)
+        positions = index.get(key)
+        if positions is None:
+            index[key] = [i]
+        else:
+            positions.append(i)
+    headers = Headers._from_parsed(items, index)
+
+    for key in _SINGLE:
+        positions = index.get(key)
+        if positions is not None and len(positions) > 1:
+            raise SipParseError(f"more than one {pretty_name(key)} header")
+    for key in ("via", "from", "to", "call-id", "cseq"):
+        if key not in index:
+            raise SipParseError(f"missing {pretty_name(key)} header")
+
+    cl_positions = index.get("content-length")
+    available = len(data) - body_start
+    if cl_positions is not None:
+        values = {items[i][1] for i in cl_positions}
+        if len(values) != 1:
+            raise SipParseError("conflicting Content-Length headers")
+        cl_text = values.pop()
+        if not cl_text.isdigit():
+            raise SipParseError(f"malformed Content-Length {cl_text!r}")
+        length = int(cl_text)
+        if length > available:
+            raise SipParseError("Content-Length larger than the message")
+        body_end = body_start + length
+    elif datagram:
+        body_end = len(data)
+    else:
+        raise SipParseError("missing Content-Length on a stream transport")
+    body = data[body_start:body_end]
+    raw = data[:body_end]
+
+    if start.startswith("SIP/") or start[:4].upper() == "SIP/":
+        if len(parts) < 2 or parts[0].upper() != "SIP/2.0":
+            raise SipParseError(f"unsupported version in {start[:40]!r}", 505)
+        code = parts[1]
+        if len(code) != 3 or not code.isdigit() or code[0] == "0":
+            raise SipParseError(f"malformed status code {code[:12]!r}")
+        reason = start.split(" ", 2)[2] if start.count(" ") >= 2 else ""
+        return Response(int(code), reason, headers, body, parts[0], raw)
+
+    if len(parts) != 3:
+        raise SipParseError(f"malformed request line {start[:80]!r}")
+    method, uri_text, version = parts
+    if not _TOKEN_CHARS.issuperset(method):
+        raise SipParseError(f"malformed method {method[:40]!r}")
+    if version.upper() != "SIP/2.0":
+        if version.upper().startswith("SIP/"):
+            raise SipParseError(f"unsupported version {version[:20]!r}", 505)
+        raise SipParseError(f"malformed request line {start[:80]!r}")
+    uri = parse_uri(uri_text)
+    request = Request(method, uri, headers, body, version, raw)
+    if request.cseq.method != method:
+        raise SipParseError("CSeq method does not match the request method")
+    return request

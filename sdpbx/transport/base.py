@@ -1,0 +1,76 @@
+"""What every SIP transport offers the stack.
+
+A transport moves whole SIP messages as bytes. It does not parse SIP: stream
+transports only frame (see :class:`sdpbx.sip.StreamFramer`), and the stack
+parses. Inbound messages are handed to a synchronous
+:class:`TransportHandler` so the hot UDP path costs no task switch per
+datagram; sending is awaited because a stream may have to connect first.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from attrs import frozen
+
+__all__ = ["Peer", "Transport", "TransportHandler", "TransportName"]
+
+TransportName = Literal["UDP", "TCP", "TLS", "WS", "WSS"]
+
+
+@frozen
+class Peer:
+    """The far end of one message: which transport, which address.
+
+    ``connection_id`` names the stream connection a message arrived on (``None``
+    for UDP), so a response or an in-dialog request can go back over the same
+    TCP/TLS/WS connection, as RFC 3261 §18.2.2 and RFC 5626 expect for phones
+    behind NAT.
+    """
+
+    transport: TransportName
+    host: str
+    port: int
+    connection_id: int | None = None
+
+    @property
+    def address(self) -> str:
+        """``ip:port`` with IPv6 hosts in brackets, as webhooks expect it."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+class TransportHandler(Protocol):
+    """The receiver of a transport's inbound traffic (normally the stack)."""
+
+    def message_received(self, data: bytes, peer: Peer) -> None:
+        """One whole SIP message (a datagram, or one framed stream message)."""
+
+    def connection_lost(self, peer: Peer) -> None:
+        """A stream connection closed; ``peer.connection_id`` says which one."""
+
+
+class Transport(Protocol):
+    """A bound listener that can also send (and, for streams, connect)."""
+
+    name: TransportName
+    reliable: bool
+
+    @property
+    def local_host(self) -> str: ...
+
+    @property
+    def local_port(self) -> int: ...
+
+    async def serve(self, handler: TransportHandler, *, task_status: object = ...) -> None:
+        """Bind, report readiness via ``task_status.started()``, run until cancelled."""
+
+    async def send(self, data: bytes, peer: Peer) -> None:
+        """Send one message. Stream transports reuse ``peer.connection_id``
+        when it is still open, else an open connection to the same address,
+        else connect. Raises :class:`OSError` if it cannot be delivered."""
+
+    def send_nowait(self, data: bytes, peer: Peer) -> bool:
+        """Send without awaiting when that is possible right now (UDP, or an
+        open stream with room in its buffer). Returns ``False`` when the
+        caller must use :meth:`send` instead."""
