@@ -34,6 +34,7 @@ __all__ = [
 _TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
 #: Headers that may appear once only; two of them make the message invalid.
 _SINGLE = ("call-id", "cseq", "from", "to", "max-forwards", "content-type")
+_MANDATORY = ("via", "from", "to", "call-id", "cseq")
 MAX_MESSAGE_SIZE = 65535
 
 
@@ -210,6 +211,8 @@ class Message:
 
     def validate(self) -> None:
         """Parse every header that has a typed accessor; raise if any is bad."""
+        if isinstance(self, Request):
+            _ = self.uri
         _ = (self.call_id, self.cseq, self.from_, self.to, self.via, self.max_forwards)
         if not self.contact_is_star:
             _ = self.contacts
@@ -245,7 +248,9 @@ class Request(Message):
     """A SIP request. Build one with :meth:`create`, or parse bytes."""
 
     method: str
-    uri: Uri
+    #: The Request-URI; the parser stores its text and :attr:`uri` parses it
+    #: on first use, so a retransmission or a stray message costs nothing.
+    _uri: Uri | str = field(alias="uri")
     headers: Headers
     body: bytes = b""
     version: str = "SIP/2.0"
@@ -253,6 +258,14 @@ class Request(Message):
     _cache: dict[str, Any] = field(factory=dict, init=False, repr=False)
 
     is_request: ClassVar[bool] = True
+
+    @property
+    def uri(self) -> Uri:
+        uri = self._uri
+        if isinstance(uri, str):
+            uri = parse_uri(uri)
+            object.__setattr__(self, "_uri", uri)
+        return uri
 
     @classmethod
     def create(
@@ -270,7 +283,7 @@ class Request(Message):
         return cls(method, uri, _fresh(headers, body), body)
 
     def start_line(self) -> str:
-        return f"{self.method} {self.uri} {self.version}"
+        return f"{self.method} {self._uri} {self.version}"
 
     def replace(
         self,
@@ -409,7 +422,7 @@ def make_response(
 def _unfold(head: str) -> list[str]:
     """Split the header block into logical lines, joining folded ones."""
     lines = head.split("\r\n") if "\r\n" in head else head.split("\n")
-    if len(lines) > 1 and any(line[:1] in (" ", "\t") for line in lines[1:]):
+    if "\n " in head or "\n\t" in head:
         out: list[str] = []
         for line in lines:
             if line[:1] in (" ", "\t") and out:
@@ -436,6 +449,24 @@ def _find_head_end(data: bytes) -> tuple[int, int]:
     raise SipParseError("no end of header section")
 
 
+# Raw header name (as written, colon side stripped) -> lookup key. Names seen
+# once are not validated again; the cache is bounded so hostile traffic that
+# invents names cannot grow it.
+_NAME_KEYS: dict[str, tuple[str, str]] = {}
+_NAME_CACHE_LIMIT = 4096
+
+
+def _header_name(name: str) -> tuple[str, str]:
+    """(lookup key, name without trailing LWS) of a raw header name."""
+    stripped = name.rstrip(" \t")
+    if not stripped or not _TOKEN_CHARS.issuperset(stripped):
+        raise SipParseError(f"malformed header name {name[:60]!r}")
+    entry = (canonical_key(stripped), stripped)
+    if len(_NAME_KEYS) < _NAME_CACHE_LIMIT:
+        _NAME_KEYS[name] = entry
+    return entry
+
+
 def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
     """Parse one SIP message.
 
@@ -446,79 +477,82 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
     """
     if len(data) > MAX_MESSAGE_SIZE:
         raise SipParseError("message too large", 513)
-    data = data.lstrip(b"\r\n")
+    if data[:1] in (b"\r", b"\n"):
+        data = data.lstrip(b"\r\n")
     head_end, body_start = _find_head_end(data)
-    head = data[:head_end].decode("utf-8", "surrogateescape")
-    lines = _unfold(head)
+    lines = _unfold(data[:head_end].decode("utf-8", "surrogateescape"))
     start = lines[0]
-    parts = start.split()
 
     items: list[tuple[str, str]] = []
     index: dict[str, list[int]] = {}
-    for i, line in enumerate(lines[1:]):
+    known = _NAME_KEYS.get
+    i = 0
+    for line in lines[1:]:
         name, colon, value = line.partition(":")
-        name = name.rstrip(" \t")
-        if not colon or not name or not _TOKEN_CHARS.issuperset(name):
-            raise SipParseError(f"malformed header line {line[:60]!r}")
-        items.append((name, value.strip()))
-        key = name.lower()
-        if len(key) == 1:
-            key = canonical_key(key)
+        entry = known(name)
+        if entry is None or not colon:
+            if not colon:
+                raise SipParseError(f"malformed header line {line[:60]!r}")
+            entry = _header_name(name)
+        key = entry[0]
+        items.append((entry[1], value.strip()))
         positions = index.get(key)
         if positions is None:
             index[key] = [i]
         else:
             positions.append(i)
+        i += 1
     headers = Headers._from_parsed(items, index)
 
+    for key in _MANDATORY:
+        if key not in index:
+            raise SipParseError(f"missing {pretty_name(key)} header")
     for key in _SINGLE:
         positions = index.get(key)
         if positions is not None and len(positions) > 1:
             raise SipParseError(f"more than one {pretty_name(key)} header")
-    for key in ("via", "from", "to", "call-id", "cseq"):
-        if key not in index:
-            raise SipParseError(f"missing {pretty_name(key)} header")
 
     cl_positions = index.get("content-length")
-    available = len(data) - body_start
     if cl_positions is not None:
-        values = {items[i][1] for i in cl_positions}
-        if len(values) != 1:
+        cl_text = items[cl_positions[0]][1]
+        if len(cl_positions) > 1 and any(items[p][1] != cl_text for p in cl_positions):
             raise SipParseError("conflicting Content-Length headers")
-        cl_text = values.pop()
         if not cl_text.isdigit():
             raise SipParseError(f"malformed Content-Length {cl_text!r}")
-        length = int(cl_text)
-        if length > available:
+        body_end = body_start + int(cl_text)
+        if body_end > len(data):
             raise SipParseError("Content-Length larger than the message")
-        body_end = body_start + length
     elif datagram:
         body_end = len(data)
     else:
         raise SipParseError("missing Content-Length on a stream transport")
     body = data[body_start:body_end]
-    raw = data[:body_end]
+    raw = data if body_end == len(data) else data[:body_end]
 
-    if start.startswith("SIP/") or start[:4].upper() == "SIP/":
-        if len(parts) < 2 or parts[0].upper() != "SIP/2.0":
+    if start[:4].upper() == "SIP/":
+        parts = start.split(" ", 2)
+        if parts[0].upper() != "SIP/2.0":
             raise SipParseError(f"unsupported version in {start[:40]!r}", 505)
-        code = parts[1]
+        code = parts[1] if len(parts) > 1 else ""
         if len(code) != 3 or not code.isdigit() or code[0] == "0":
             raise SipParseError(f"malformed status code {code[:12]!r}")
-        reason = start.split(" ", 2)[2] if start.count(" ") >= 2 else ""
-        return Response(int(code), reason, headers, body, parts[0], raw)
+        return Response(int(code), parts[2] if len(parts) > 2 else "", headers, body, parts[0], raw)
 
+    parts = start.split()
     if len(parts) != 3:
         raise SipParseError(f"malformed request line {start[:80]!r}")
     method, uri_text, version = parts
     if not _TOKEN_CHARS.issuperset(method):
         raise SipParseError(f"malformed method {method[:40]!r}")
-    if version.upper() != "SIP/2.0":
+    if version != "SIP/2.0" and version.upper() != "SIP/2.0":
         if version.upper().startswith("SIP/"):
             raise SipParseError(f"unsupported version {version[:20]!r}", 505)
         raise SipParseError(f"malformed request line {start[:80]!r}")
-    uri = parse_uri(uri_text)
-    request = Request(method, uri, headers, body, version, raw)
-    if request.cseq.method != method:
-        raise SipParseError("CSeq method does not match the request method")
-    return request
+    cseq_parts = items[index["cseq"][0]][1].split()
+    if len(cseq_parts) != 2 or cseq_parts[1] != method:
+        if len(cseq_parts) == 2:
+            raise SipParseError("CSeq method does not match the request method")
+        raise SipParseError("malformed CSeq")
+    if uri_text[:1] == "<":
+        raise SipParseError(f"Request-URI in angle brackets: {uri_text[:60]!r}")
+    return Request(method, uri_text, headers, body, version, raw)
