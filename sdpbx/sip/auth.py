@@ -1,0 +1,677 @@
+"""HTTP Digest authentication for SIP, both sides, without I/O.
+
+SIP borrows Digest from HTTP (RFC 3261 §22); RFC 7616 adds SHA-256 and RFC 8760
+brings it back to SIP. A server sends several challenges, strongest first, and a
+client answers the first one it understands, so we offer SHA-256 and then MD5:
+old phones keep working while new ones never fall back.
+
+Nonces are stateless: an HMAC over the issue time and a random salt. Any nonce we
+issued verifies without a table, survives a restart that keeps the secret, and
+its age is read from the nonce itself. The only state is the nonce-count seen per
+nonce (replay protection); that table is bounded, and a nonce whose entry was
+evicted is answered as *stale*, which costs the client one extra round trip and
+never costs us memory.
+
+The header values are parsed leniently where real phones disagree (quoted or
+bare tokens, empty list elements, any case), and strictly where it matters
+(duplicate parameters, unterminated quotes and control characters are a 400).
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+import hmac
+import re
+import secrets
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from attrs import field, frozen
+
+from .errors import SipParseError
+
+__all__ = [
+    "ALGORITHMS",
+    "AuthResult",
+    "DigestChallenge",
+    "DigestCredentials",
+    "DigestServer",
+    "NonceManager",
+    "NonceStatus",
+    "UnsupportedAuthScheme",
+    "UserSecret",
+    "build_authorization",
+    "choose_challenge",
+    "compute_ha1",
+    "compute_response",
+]
+
+
+class UnsupportedAuthScheme(SipParseError):
+    """The peer used an authentication scheme or variant we do not speak.
+
+    A registrar answers this with a fresh Digest challenge (RFC 4475 regaut01),
+    which is why the default status is 401 rather than 400.
+    """
+
+    def __init__(self, reason: str, status: int = 401) -> None:
+        super().__init__(reason, status)
+
+
+# ---------------------------------------------------------------------------
+# Hashing
+
+
+_HASHES: dict[str, Callable[[bytes], Any]] = {
+    "MD5": hashlib.md5,
+    "SHA-256": hashlib.sha256,
+}
+
+#: Algorithms we implement, in order of preference (strongest first).
+ALGORITHMS: tuple[str, ...] = ("SHA-256", "SHA-256-sess", "MD5", "MD5-sess")
+
+_CANONICAL = {name.lower(): name for name in ALGORITHMS}
+
+
+def _canonical_algorithm(name: str) -> str:
+    """Algorithm tokens are case-insensitive; we compare canonical spellings."""
+    return _CANONICAL.get(name.lower(), name)
+
+
+def _base(algorithm: str) -> str:
+    """The hash behind an algorithm; raises for one we do not implement."""
+    canonical = _canonical_algorithm(algorithm)
+    if canonical not in _CANONICAL.values():
+        raise UnsupportedAuthScheme(f"unsupported digest algorithm {algorithm!r}")
+    return canonical.removesuffix("-sess")
+
+
+def _hex(base: str, text: str) -> str:
+    return str(_HASHES[base](text.encode()).hexdigest())
+
+
+def compute_ha1(username: str, realm: str, password: str, algorithm: str = "MD5") -> str:
+    """H(username:realm:password), the value a user store may keep instead of a password.
+
+    For ``-sess`` algorithms this is still the plain HA1; the session key is
+    derived per nonce inside :func:`compute_response`, so one stored value serves
+    both variants.
+    """
+    return _hex(_base(algorithm), f"{username}:{realm}:{password}")
+
+
+def compute_response(
+    ha1: str,
+    *,
+    algorithm: str,
+    method: str,
+    uri: str,
+    nonce: str,
+    qop: str | None = None,
+    nc: int | None = None,
+    cnonce: str | None = None,
+    body: bytes = b"",
+) -> str:
+    """The request-digest of RFC 7616 §3.4.1 (and RFC 2069 when ``qop`` is None)."""
+    base = _base(algorithm)
+    canonical = _canonical_algorithm(algorithm)
+    if canonical.endswith("-sess"):
+        if cnonce is None:
+            raise ValueError("-sess algorithms need a cnonce")
+        ha1 = _hex(base, f"{ha1}:{nonce}:{cnonce}")
+    if qop == "auth-int":
+        ha2 = _hex(base, f"{method}:{uri}:{_HASHES[base](body).hexdigest()}")
+    else:
+        ha2 = _hex(base, f"{method}:{uri}")
+    if qop is None:
+        return _hex(base, f"{ha1}:{nonce}:{ha2}")
+    if nc is None or cnonce is None:
+        raise ValueError("qop needs nc and cnonce")
+    return _hex(base, f"{ha1}:{nonce}:{nc:08x}:{cnonce}:{qop}:{ha2}")
+
+
+# ---------------------------------------------------------------------------
+# Header values: parsing and formatting
+
+_WS = "[ \t\r\n]*"
+_TOKEN_CHARS = r"!%'*+\-.0-9A-Z^_`a-z|~"
+_SCHEME_RE = re.compile(rf"{_WS}([{_TOKEN_CHARS}]+)(?:[ \t\r\n]+|\Z)")
+_QTEXT = r'[^"\\\x00-\x08\x0a-\x1f\x7f]'
+_QPAIR = r"\\[^\x00-\x08\x0a-\x1f\x7f]"
+_PARAM_RE = re.compile(
+    rf"([{_TOKEN_CHARS}]+){_WS}={_WS}"
+    # quoted-string as an unrolled loop, so a long value is scanned once
+    rf'(?:"({_QTEXT}*(?:{_QPAIR}{_QTEXT}*)*)"'
+    r'|([^ \t\r\n,"\x00-\x1f\x7f]+))'
+)
+_SEP_RE = re.compile(rf"{_WS}(?:,{_WS})*")
+_UNESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
+_TOKEN_RE = re.compile(rf"[{_TOKEN_CHARS}]+")
+_CTL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_NC_RE = re.compile(r"[0-9A-Fa-f]{1,8}")
+
+
+def _skip_separators(value: str, pos: int) -> int:
+    """Skip LWS and commas; empty list elements are legal (RFC 7230 §7)."""
+    m = _SEP_RE.match(value, pos)
+    return pos if m is None else m.end()
+
+
+def _parse_params(value: str) -> dict[str, str]:
+    """Split ``Digest a=b, c="d"`` into lower-cased names and unquoted values."""
+    scheme = _SCHEME_RE.match(value)
+    if scheme is None:
+        raise SipParseError("malformed authentication header: no scheme")
+    if scheme.group(1).lower() != "digest":
+        raise UnsupportedAuthScheme(f"unsupported authentication scheme {scheme.group(1)!r}")
+    params: dict[str, str] = {}
+    end = len(value)
+    pos = _skip_separators(value, scheme.end())
+    while pos < end:
+        m = _PARAM_RE.match(value, pos)
+        if m is None:
+            raise SipParseError("malformed auth-param")
+        name = m.group(1).lower()
+        if name in params:
+            raise SipParseError(f"duplicate auth-param {name!r}")
+        quoted = m.group(2)
+        if quoted is None:
+            params[name] = m.group(3)
+        else:
+            params[name] = _UNESCAPE_RE.sub(r"\1", quoted) if "\\" in quoted else quoted
+        sep = _skip_separators(value, m.end())
+        if sep < end and "," not in value[m.end() : sep]:
+            raise SipParseError("auth-params must be separated by commas")
+        pos = sep
+    return params
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _check_text(_inst: object, attribute: Any, value: Any) -> None:
+    """Refuse control characters: they would let a value inject header lines."""
+    if value is not None and _CTL_RE.search(value):
+        raise ValueError(f"{attribute.name} contains a control character")
+
+
+def _check_token(_inst: object, attribute: Any, value: Any) -> None:
+    if value is not None and not _TOKEN_RE.fullmatch(value):
+        raise ValueError(f"{attribute.name} must be a token, got {value!r}")
+
+
+def _check_tokens(inst: object, attribute: Any, value: tuple[str, ...]) -> None:
+    for item in value:
+        _check_token(inst, attribute, item)
+
+
+def _to_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+def _require(params: dict[str, str], name: str) -> str:
+    try:
+        return params[name]
+    except KeyError:
+        raise SipParseError(f"digest parameter {name!r} missing") from None
+
+
+@frozen
+class DigestChallenge:
+    """One ``WWW-Authenticate`` / ``Proxy-Authenticate`` Digest challenge."""
+
+    realm: str = field(validator=_check_text)
+    nonce: str = field(validator=_check_text)
+    algorithm: str = field(default="MD5", converter=_canonical_algorithm, validator=_check_token)
+    qop: tuple[str, ...] = field(default=(), converter=_to_tuple, validator=_check_tokens)
+    opaque: str | None = field(default=None, validator=_check_text)
+    stale: bool = False
+
+    @classmethod
+    def parse(cls, value: str) -> DigestChallenge:
+        """Parse a header value; raises :class:`SipParseError` (or its subclass
+        :class:`UnsupportedAuthScheme` for a non-Digest scheme)."""
+        params = _parse_params(value)
+        qop = params.get("qop")
+        try:
+            return cls(
+                realm=_require(params, "realm"),
+                nonce=_require(params, "nonce"),
+                algorithm=params.get("algorithm", "MD5"),
+                qop=tuple(q.strip().lower() for q in qop.split(",") if q.strip()) if qop else (),
+                opaque=params.get("opaque"),
+                stale=params.get("stale", "").lower() == "true",
+            )
+        except ValueError as exc:
+            raise SipParseError(f"malformed digest challenge: {exc}") from None
+
+    def to_header_value(self) -> str:
+        parts = [
+            f"Digest realm={_quote(self.realm)}",
+            f"nonce={_quote(self.nonce)}",
+            f"algorithm={self.algorithm}",
+        ]
+        if self.qop:
+            parts.append(f'qop="{",".join(self.qop)}"')
+        if self.opaque is not None:
+            parts.append(f"opaque={_quote(self.opaque)}")
+        if self.stale:
+            parts.append("stale=TRUE")
+        return ", ".join(parts)
+
+
+@frozen
+class DigestCredentials:
+    """One ``Authorization`` / ``Proxy-Authorization`` Digest answer."""
+
+    username: str = field(validator=_check_text)
+    realm: str = field(validator=_check_text)
+    nonce: str = field(validator=_check_text)
+    uri: str = field(validator=_check_text)
+    response: str = field(validator=_check_text)
+    algorithm: str = field(default="MD5", converter=_canonical_algorithm, validator=_check_token)
+    cnonce: str | None = field(default=None, validator=_check_text)
+    nc: int | None = None
+    qop: str | None = field(default=None, validator=_check_token)
+    opaque: str | None = field(default=None, validator=_check_text)
+
+    def __attrs_post_init__(self) -> None:
+        if self.qop is not None and (self.cnonce is None or self.nc is None):
+            raise ValueError("qop requires cnonce and nc")
+        if self.nc is not None and not 0 <= self.nc <= 0xFFFFFFFF:
+            raise ValueError("nc must fit in 8 hex digits")
+
+    @classmethod
+    def parse(cls, value: str) -> DigestCredentials:
+        """Parse a header value; raises :class:`SipParseError` (or its subclass
+        :class:`UnsupportedAuthScheme` for a non-Digest scheme)."""
+        params = _parse_params(value)
+        nc_text = params.get("nc")
+        if nc_text is not None and not _NC_RE.fullmatch(nc_text):
+            raise SipParseError("digest nc must be hexadecimal")
+        qop = params.get("qop")
+        try:
+            return cls(
+                username=_require(params, "username"),
+                realm=_require(params, "realm"),
+                nonce=_require(params, "nonce"),
+                uri=_require(params, "uri"),
+                response=_require(params, "response"),
+                algorithm=params.get("algorithm", "MD5"),
+                cnonce=params.get("cnonce"),
+                nc=None if nc_text is None else int(nc_text, 16),
+                qop=None if qop is None else qop.lower(),
+                opaque=params.get("opaque"),
+            )
+        except ValueError as exc:
+            raise SipParseError(f"malformed digest credentials: {exc}") from None
+
+    def to_header_value(self) -> str:
+        parts = [
+            f"Digest username={_quote(self.username)}",
+            f"realm={_quote(self.realm)}",
+            f"nonce={_quote(self.nonce)}",
+            f"uri={_quote(self.uri)}",
+            f"response={_quote(self.response)}",
+            f"algorithm={self.algorithm}",
+        ]
+        if self.cnonce is not None:
+            parts.append(f"cnonce={_quote(self.cnonce)}")
+        if self.opaque is not None:
+            parts.append(f"opaque={_quote(self.opaque)}")
+        if self.qop is not None:
+            parts.append(f"qop={self.qop}")
+        if self.nc is not None:
+            parts.append(f"nc={self.nc:08x}")
+        return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# Nonces
+
+
+class NonceStatus(enum.Enum):
+    VALID = "valid"
+    #: Ours and untampered, but too old (or its count was forgotten): re-challenge
+    #: with ``stale=true`` so the client retries without asking its user.
+    STALE = "stale"
+    #: Not a nonce we issued.
+    INVALID = "invalid"
+    #: The nonce-count did not increase: a replayed request.
+    REPLAY = "replay"
+
+
+_STAMP = struct.Struct(">q")
+_SALT_LEN = 8
+_MAC_LEN = 16
+_RAW_LEN = _STAMP.size + _SALT_LEN + _MAC_LEN  # 32 bytes -> 43 base64 characters
+_NONCE_RE = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+class NonceManager:
+    """Issues HMAC-signed nonces and tracks their nonce-counts within a bound.
+
+    ``now`` must be wall-clock seconds if nonces should stay valid across a
+    restart; any clock works otherwise. After a restart the count table is
+    empty, so a request captured shortly before it could be replayed once
+    within ``lifetime``; keep ``lifetime`` short.
+    """
+
+    def __init__(self, secret: bytes, lifetime: float = 300.0, max_tracked: int = 100_000) -> None:
+        if len(secret) < 16:
+            raise ValueError("the nonce secret must be at least 16 bytes")
+        if lifetime <= 0 or max_tracked < 1:
+            raise ValueError("lifetime and max_tracked must be positive")
+        self._key = hmac.new(secret, b"sdpbx digest nonce", hashlib.sha256).digest()
+        self.lifetime = lifetime
+        self.max_tracked = max_tracked
+        #: A fixed opaque value derived from the secret, so it too survives restarts.
+        self.opaque = hmac.new(secret, b"sdpbx digest opaque", hashlib.sha256).hexdigest()[:32]
+        # nonce -> (issue time in ms, highest nonce-count seen), in first-use order.
+        self._seen: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        # Every evicted nonce was issued at or before this time (ms).
+        self._horizon = -(2**63)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def issue(self, now: float) -> str:
+        payload = _STAMP.pack(int(now * 1000)) + secrets.token_bytes(_SALT_LEN)
+        mac = hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_LEN]
+        return base64.urlsafe_b64encode(payload + mac).decode("ascii")[:-1]
+
+    def _issued_at(self, nonce: str) -> int | None:
+        """The nonce's issue time in ms, or None when it is not one of ours."""
+        if not _NONCE_RE.fullmatch(nonce):
+            return None
+        raw = base64.urlsafe_b64decode(nonce + "=")
+        # Several strings decode to the same bytes; accept only the canonical one.
+        if base64.urlsafe_b64encode(raw).decode("ascii")[:-1] != nonce:
+            return None
+        payload, mac = raw[:-_MAC_LEN], raw[-_MAC_LEN:]
+        expected = hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_LEN]
+        if not hmac.compare_digest(mac, expected):
+            return None
+        return int(_STAMP.unpack_from(payload)[0])
+
+    def check(self, nonce: str, nc: int | None, now: float, *, record: bool = True) -> NonceStatus:
+        """Classify a nonce as presented with ``nc`` (None when the client sent no qop).
+
+        With ``record=False`` the count table is left alone: a server checks
+        first, verifies the digest, and records only a request that proved the
+        password, so a forged request cannot burn a legitimate client's counts.
+        """
+        issued = self._issued_at(nonce)
+        if issued is None:
+            return NonceStatus.INVALID
+        age = now - issued / 1000
+        if not -self.lifetime <= age <= self.lifetime:
+            return NonceStatus.STALE
+        if nc is None:
+            return NonceStatus.VALID
+        entry = self._seen.get(nonce)
+        if entry is None:
+            if issued <= self._horizon:
+                return NonceStatus.STALE
+            if record:
+                self._track(nonce, issued, nc, now)
+            return NonceStatus.VALID
+        if nc <= entry[1]:
+            return NonceStatus.REPLAY
+        if record:
+            self._seen[nonce] = (issued, nc)
+        return NonceStatus.VALID
+
+    def _track(self, nonce: str, issued: int, nc: int, now: float) -> None:
+        seen = self._seen
+        expired_before = (now - self.lifetime) * 1000
+        while seen:
+            oldest, (oldest_issued, _) = next(iter(seen.items()))
+            if oldest_issued >= expired_before and len(seen) < self.max_tracked:
+                break
+            del seen[oldest]
+            self._horizon = max(self._horizon, oldest_issued)
+        seen[nonce] = (issued, nc)
+
+
+# ---------------------------------------------------------------------------
+# Server side
+
+
+class AuthResult(enum.Enum):
+    OK = "ok"
+    #: The digest was right but the nonce is old: re-challenge with stale=true.
+    STALE = "stale"
+    #: Wrong password, unknown user or a digest that does not add up.
+    BAD_CREDENTIALS = "bad_credentials"
+    #: A correct digest seen before (nonce-count not increased).
+    REPLAY = "replay"
+    #: A nonce (or opaque) we never issued.
+    INVALID_NONCE = "invalid_nonce"
+    REALM_MISMATCH = "realm_mismatch"
+    #: An algorithm or qop we do not accept, or no stored HA1 for it.
+    UNSUPPORTED_ALGORITHM = "unsupported_algorithm"
+
+
+def _freeze_ha1(value: Mapping[str, str]) -> Mapping[str, str]:
+    """Key stored HA1 values by base hash so ``MD5-sess`` finds the ``MD5`` one."""
+    frozen: dict[str, str] = {}
+    for algorithm, ha1 in value.items():
+        canonical = _canonical_algorithm(algorithm)
+        if canonical not in ALGORITHMS:
+            raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+        frozen[canonical.removesuffix("-sess")] = ha1.lower()
+    return MappingProxyType(frozen)
+
+
+@frozen
+class UserSecret:
+    """What a user store knows about one user: a password, or HA1 values per hash.
+
+    An HA1 is bound to its realm and hash, so a user stored with only an MD5
+    HA1 can answer MD5 challenges only; :meth:`algorithms` says which.
+    """
+
+    password: str | None = None
+    ha1: Mapping[str, str] = field(factory=dict, converter=_freeze_ha1, eq=False, hash=False)
+
+    def __attrs_post_init__(self) -> None:
+        if (self.password is None) == (not self.ha1):
+            raise ValueError("give either a password or HA1 values")
+
+    @classmethod
+    def hashed(
+        cls,
+        username: str,
+        realm: str,
+        password: str,
+        algorithms: Iterable[str] = ("SHA-256", "MD5"),
+    ) -> UserSecret:
+        """The HA1-only secret to store instead of ``password``."""
+        return cls(ha1={a: compute_ha1(username, realm, password, a) for a in algorithms})
+
+    def ha1_for(self, username: str, realm: str, algorithm: str) -> str | None:
+        if self.password is not None:
+            return compute_ha1(username, realm, self.password, algorithm)
+        return self.ha1.get(_base(algorithm))
+
+    def algorithms(self) -> tuple[str, ...]:
+        """Algorithms this secret can verify, in our order of preference."""
+        if self.password is not None:
+            return ALGORITHMS
+        return tuple(a for a in ALGORITHMS if _base(a) in self.ha1)
+
+
+class DigestServer:
+    """Challenges and verifies Digest credentials for a registrar or proxy.
+
+    The caller looks the user up by ``credentials.username`` and passes what it
+    found; an unknown user is ``secret=None`` and yields BAD_CREDENTIALS, the
+    same answer as a wrong password, so replies do not reveal which users exist.
+    """
+
+    def __init__(
+        self,
+        nonces: NonceManager,
+        *,
+        algorithms: Iterable[str] = ("SHA-256", "MD5"),
+        qop_required: bool = False,
+    ) -> None:
+        self.nonces = nonces
+        self.algorithms = tuple(_canonical_algorithm(a) for a in algorithms)
+        for algorithm in self.algorithms:
+            _base(algorithm)
+        self.qop_required = qop_required
+
+    def challenges(
+        self,
+        realm: str,
+        now: float,
+        stale: bool = False,
+        *,
+        algorithms: Iterable[str] | None = None,
+    ) -> list[DigestChallenge]:
+        """One challenge per algorithm, strongest first, sharing one fresh nonce.
+
+        Pass ``algorithms`` (e.g. ``secret.algorithms()``) to offer only what a
+        known user's stored HA1 can verify.
+        """
+        offered = self.algorithms
+        if algorithms is not None:
+            allowed = {_canonical_algorithm(a) for a in algorithms}
+            offered = tuple(a for a in offered if a in allowed)
+        nonce = self.nonces.issue(now)
+        opaque = self.nonces.opaque
+        return [
+            DigestChallenge(realm, nonce, algorithm, ("auth",), opaque, stale)
+            for algorithm in offered
+        ]
+
+    def verify(
+        self,
+        credentials: DigestCredentials,
+        *,
+        method: str,
+        secret: UserSecret | None,
+        now: float,
+        expected_realm: str,
+        body: bytes = b"",
+    ) -> AuthResult:
+        if credentials.realm != expected_realm:
+            return AuthResult.REALM_MISMATCH
+        algorithm = credentials.algorithm
+        qop = credentials.qop
+        if algorithm not in self.algorithms or qop not in (None, "auth", "auth-int"):
+            return AuthResult.UNSUPPORTED_ALGORITHM
+        if qop is None and self.qop_required:
+            return AuthResult.UNSUPPORTED_ALGORITHM
+        status = self.nonces.check(credentials.nonce, credentials.nc, now, record=False)
+        if status is NonceStatus.INVALID:
+            return AuthResult.INVALID_NONCE
+        if credentials.opaque is not None and not hmac.compare_digest(
+            credentials.opaque, self.nonces.opaque
+        ):
+            return AuthResult.INVALID_NONCE
+        if secret is None or (algorithm.endswith("-sess") and credentials.cnonce is None):
+            return AuthResult.BAD_CREDENTIALS
+        ha1 = secret.ha1_for(credentials.username, credentials.realm, algorithm)
+        if ha1 is None:
+            return AuthResult.UNSUPPORTED_ALGORITHM
+        expected = compute_response(
+            ha1,
+            algorithm=algorithm,
+            method=method,
+            uri=credentials.uri,
+            nonce=credentials.nonce,
+            qop=qop,
+            nc=credentials.nc,
+            cnonce=credentials.cnonce,
+            body=body,
+        )
+        if not hmac.compare_digest(expected, credentials.response.lower()):
+            return AuthResult.BAD_CREDENTIALS
+        if status is NonceStatus.VALID:
+            status = self.nonces.check(credentials.nonce, credentials.nc, now)
+        if status is NonceStatus.STALE:
+            return AuthResult.STALE
+        if status is NonceStatus.REPLAY:
+            return AuthResult.REPLAY
+        return AuthResult.OK
+
+
+# ---------------------------------------------------------------------------
+# Client side
+
+
+def _usable(challenge: DigestChallenge) -> bool:
+    if challenge.algorithm not in ALGORITHMS:
+        return False
+    return not challenge.qop or "auth" in challenge.qop or "auth-int" in challenge.qop
+
+
+def choose_challenge(challenges: Iterable[DigestChallenge]) -> DigestChallenge:
+    """The strongest challenge we can answer (SHA-256 before MD5, RFC 8760 §2.4)."""
+    usable = [c for c in challenges if _usable(c)]
+    if not usable:
+        raise UnsupportedAuthScheme("no supported digest challenge offered")
+    return min(usable, key=lambda c: ALGORITHMS.index(c.algorithm))
+
+
+def build_authorization(
+    challenge: DigestChallenge,
+    *,
+    username: str,
+    password: str,
+    method: str,
+    uri: str,
+    cnonce: str | None = None,
+    nc: int = 1,
+    body: bytes = b"",
+) -> DigestCredentials:
+    """Answer ``challenge``; qop ``auth`` when offered, else ``auth-int``, else RFC 2069.
+
+    Reusing a nonce for later requests is allowed; increase ``nc`` each time.
+    """
+    if not _usable(challenge):
+        raise UnsupportedAuthScheme(
+            f"cannot answer digest challenge (algorithm {challenge.algorithm!r},"
+            f" qop {','.join(challenge.qop)!r})"
+        )
+    qop: str | None = None
+    if "auth" in challenge.qop:
+        qop = "auth"
+    elif "auth-int" in challenge.qop:
+        qop = "auth-int"
+    sess = challenge.algorithm.endswith("-sess")
+    if cnonce is None and (qop is not None or sess):
+        cnonce = secrets.token_hex(16)
+    ha1 = compute_ha1(username, challenge.realm, password, challenge.algorithm)
+    response = compute_response(
+        ha1,
+        algorithm=challenge.algorithm,
+        method=method,
+        uri=uri,
+        nonce=challenge.nonce,
+        qop=qop,
+        nc=nc if qop is not None else None,
+        cnonce=cnonce,
+        body=body,
+    )
+    return DigestCredentials(
+        username=username,
+        realm=challenge.realm,
+        nonce=challenge.nonce,
+        uri=uri,
+        response=response,
+        algorithm=challenge.algorithm,
+        cnonce=cnonce,
+        nc=nc if qop is not None else None,
+        qop=qop,
+        opaque=challenge.opaque,
+    )
