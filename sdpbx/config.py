@@ -1,0 +1,704 @@
+"""The RustPBX-compatible configuration file, as frozen attrs values.
+
+The key names and defaults are RustPBX's (see ``docs/guide/config.rst``), so an
+existing ``config.toml`` keeps working. Two things differ on purpose:
+
+- An unknown key or a bad value is a startup error that names the key path
+  (``proxy.trunks.carrier1.max_calls: expected an integer``). RustPBX ignores a
+  misspelt key and runs with the default, which is how a PBX ends up open to
+  the world with an ACL nobody wrote.
+- Values are checked when they are built, whether they come from a file or from
+  Python (``ProxyConfig(udp_port=70000)`` raises :class:`ConfigError` too), so the
+  objects built from a config never need to re-validate it.
+
+Checks of a single value are field metadata (:data:`sdpbx._serde.CHECK`), run
+as the file is read, so every bad value in the file is reported at once; rules
+tying several keys of one table together (``tls_port`` needs a certificate, a
+route's ``dest`` must name trunks) run when that table is built, and so appear
+once its own values are valid.
+"""
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeAlias, cast
+from urllib.parse import urlsplit
+
+from attrs import AttrsInstance, field, fields, frozen
+
+from sdpbx import _serde
+from sdpbx.errors import ConfigError
+
+__all__ = [
+    "ROUTE_MATCH_KEYS",
+    "AclRule",
+    "AmiConfig",
+    "ApiTokenConfig",
+    "CallRecordConfig",
+    "Config",
+    "ConsoleConfig",
+    "ExtensionUserBackendConfig",
+    "HttpCallRecordConfig",
+    "HttpRouterConfig",
+    "HttpUserBackendConfig",
+    "LocalCallRecordConfig",
+    "LocatorWebhookConfig",
+    "MemoryUserBackendConfig",
+    "MemoryUserConfig",
+    "PlainUserBackendConfig",
+    "ProxyConfig",
+    "RecordingConfig",
+    "RejectConfig",
+    "RouteConfig",
+    "S3CallRecordConfig",
+    "SipflowConfig",
+    "TrunkConfig",
+    "UserBackendConfig",
+    "config_from_dict",
+    "load_config",
+    "parse_acl_rule",
+    "parse_config",
+]
+
+MediaProxyMode: TypeAlias = Literal["auto", "always", "all", "nat", "none"]
+LocatorEvent: TypeAlias = Literal["registered", "unregistered", "offline"]
+TrunkTransport: TypeAlias = Literal["udp", "tcp", "tls", "ws", "wss"]
+RouteSelect: TypeAlias = Literal["rr", "random", "hash", "weighted"]
+RouteAction: TypeAlias = Literal["forward", "reject", "busy"]
+HttpMethod: TypeAlias = Literal["GET", "POST"]
+
+ROUTE_MATCH_KEYS = frozenset(
+    {"from.user", "from.host", "to.user", "to.host", "request_uri.user", "request_uri.host"}
+)
+"""Keys allowed in a route's ``match`` and ``rewrite`` tables, besides ``header.<Name>``."""
+
+_LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error")
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_REGEX_CHARS = frozenset("^$.*+?()[]{}|\\")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?$")
+
+_Problems: TypeAlias = list[tuple[str, str]]
+_Check: TypeAlias = Callable[[Any], _Problems]
+
+
+# -- field checks --------------------------------------------------------------------------------
+# Each returns ``[(path relative to the field, message)]``. They are attached to fields
+# as metadata, so _serde runs them as each value is read (a bad value is reported even
+# when its neighbours are broken too) and _Checked runs them again for Python callers.
+
+
+def _check(check: _Check) -> dict[str, _Check]:
+    return {_serde.CHECK: check}
+
+
+def _each(check: Callable[[Any], str | None]) -> _Check:
+    """Apply a per-item check to every item of a tuple, naming the index."""
+    return lambda items: [
+        (f"[{i}]", message) for i, item in enumerate(items) if (message := check(item))
+    ]
+
+
+def _one(check: Callable[[Any], str | None]) -> _Check:
+    """A check of a single optional value; ``None`` (absent) is always fine."""
+    return lambda value: [] if value is None or not (msg := check(value)) else [("", msg)]
+
+
+def _port_problem(port: int, low: int = 1) -> str | None:
+    return None if low <= port <= 65535 else f"port must be between {low} and 65535"
+
+
+def _url_problem(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError on a malformed port
+    except ValueError:
+        return "not a valid URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        return "not a valid URL"
+    return None
+
+
+def _ip_problem(text: str) -> str | None:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return f"not an IP address: {text!r}"
+    return None
+
+
+def _network_problem(text: str) -> str | None:
+    if text == "*":
+        return None
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return f"not an IP address or CIDR: {text!r}"
+    return None
+
+
+def _host_port_problem(text: str, low: int) -> str | None:
+    """``host:port`` with an IPv6 host in brackets (``[::1]:8080``)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        return f"expected host:port, got {text!r}"
+    if host.startswith("[") and host.endswith("]"):
+        if _ip_problem(host[1:-1]):
+            return f"not an IP address: {host[1:-1]!r}"
+    elif _ip_problem(host) and not _HOST.match(host):
+        return f"not a host name or IP address: {host!r}"
+    return _port_problem(int(port_text), low)
+
+
+def _acl_problem(rule: str) -> str | None:
+    try:
+        parse_acl_rule(rule)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _trunk_dest_problem(dest: str) -> str | None:
+    if dest.startswith(("sip:", "sips:")):
+        return None if dest.partition(":")[2] else "SIP URI without a host"
+    if ":" in dest:
+        return _host_port_problem(dest, 1)
+    return None if _HOST.match(dest) else f"expected a SIP URI or host[:port], got {dest!r}"
+
+
+def _headers_check(headers: Mapping[str, str]) -> _Problems:
+    problems: _Problems = []
+    for name, value in headers.items():
+        if not _TOKEN.match(name):
+            problems.append((name, "not a valid header name"))
+        elif "\r" in value or "\n" in value:
+            problems.append((name, "header value must not contain line breaks"))
+    return problems
+
+
+def _route_key_problem(key: str) -> str | None:
+    if key in ROUTE_MATCH_KEYS:
+        return None
+    if key.startswith("header."):
+        return None if _TOKEN.match(key[len("header.") :]) else f"bad header name in {key!r}"
+    return f"unknown key {key!r}"
+
+
+def _match_check(table: Mapping[str, str]) -> _Problems:
+    problems: _Problems = []
+    for key, value in table.items():
+        if message := _route_key_problem(key):
+            problems.append(("", message))
+        elif any(ch in _REGEX_CHARS for ch in value):
+            try:
+                re.compile(value)
+            except re.error as exc:
+                problems.append((key, f"invalid regex: {exc}"))
+    return problems
+
+
+def _rewrite_check(table: Mapping[str, str]) -> _Problems:
+    problems: _Problems = []
+    for key, value in table.items():
+        if message := _route_key_problem(key):
+            problems.append(("", message))
+        elif not all(group.isdigit() for group in _PLACEHOLDER.findall(value)):
+            problems.append((key, "placeholders must be {N}, N a capture group number"))
+    return problems
+
+
+def _min(low: float, message: str) -> _Check:
+    return _one(lambda value: None if value >= low else message)
+
+
+_POSITIVE = _one(lambda value: None if value > 0 else "must be greater than 0")
+_NON_EMPTY = _one(lambda value: None if value else "must not be empty")
+_URL = _one(_url_problem)
+_IP = _one(_ip_problem)
+_LISTEN_PORT = _one(lambda port: _port_problem(port, 0))
+_RTP_PORT = _one(_port_problem)
+_HEADERS: _Check = _headers_check
+
+
+def _join(name: str, rel: str) -> str:
+    return name + rel if not rel or rel.startswith("[") else f"{name}.{rel}"
+
+
+class _Checked:
+    """Mixin: validate every field's check and the class's cross-field rules on init."""
+
+    __slots__ = ()
+
+    def __attrs_post_init__(self) -> None:
+        problems: _Problems = []
+        for attribute in fields(cast("type[AttrsInstance]", type(self))):
+            check = attribute.metadata.get(_serde.CHECK)
+            if check is not None:
+                for rel, message in check(getattr(self, attribute.name)):
+                    problems.append((_join(attribute.name, rel), message))
+        problems.extend(self._cross_problems())
+        if problems:
+            raise ConfigError(problems)
+
+    def _cross_problems(self) -> _Problems:
+        return []
+
+
+# -- ACL ---------------------------------------------------------------------------------------
+
+
+@frozen
+class AclRule:
+    """One parsed ``acl_rules`` entry; ``network`` is ``None`` for ``all``."""
+
+    allow: bool
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None
+
+    def matches(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        """Whether this rule applies to ``ip`` (``all`` applies to everything)."""
+        if self.network is None:
+            return True
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return ip.version == self.network.version and ip in self.network
+
+
+def parse_acl_rule(text: str) -> AclRule:
+    """Parse ``"allow 10.0.0.0/8"`` / ``"deny all"``; raise :class:`ValueError` if malformed."""
+    words = text.split()
+    if len(words) != 2 or words[0].lower() not in ("allow", "deny"):
+        raise ValueError(f"expected 'allow|deny <ip|cidr|all>', got {text!r}")
+    allow = words[0].lower() == "allow"
+    if words[1].lower() == "all":
+        return AclRule(allow=allow, network=None)
+    try:
+        return AclRule(allow=allow, network=ipaddress.ip_network(words[1], strict=False))
+    except ValueError:
+        raise ValueError(f"not an IP address or CIDR in ACL rule {text!r}") from None
+
+
+# -- [proxy.http_router], [proxy.locator_webhook] ---------------------------------------------
+
+
+@frozen
+class HttpRouterConfig(_Checked):
+    """``[proxy.http_router]``: ask a web service where each new call goes."""
+
+    url: str = field(metadata=_check(_URL))
+    fallback_to_static: bool = False
+    timeout_ms: int = field(default=5000, metadata=_check(_POSITIVE))
+    headers: Mapping[str, str] = field(factory=dict, metadata=_check(_HEADERS))
+
+
+@frozen
+class LocatorWebhookConfig(_Checked):
+    """``[proxy.locator_webhook]``: tell a web service when phones come and go."""
+
+    url: str = field(metadata=_check(_URL))
+    events: tuple[LocatorEvent, ...] = ("registered", "unregistered", "offline")
+    headers: Mapping[str, str] = field(factory=dict, metadata=_check(_HEADERS))
+    timeout_ms: int = field(default=5000, metadata=_check(_POSITIVE))
+
+
+# -- [[proxy.user_backends]] -------------------------------------------------------------------
+
+
+@frozen
+class MemoryUserConfig(_Checked):
+    """One entry of a memory backend's ``users`` list."""
+
+    username: str = field(metadata=_check(_NON_EMPTY))
+    password: str
+    realm: str | None = None
+    display_name: str | None = None
+    email: str | None = None
+    enabled: bool = True
+    allow_guest_calls: bool = False
+
+
+@frozen
+class MemoryUserBackendConfig:
+    """``type = "memory"``: users listed in the config file itself."""
+
+    users: tuple[MemoryUserConfig, ...] = ()
+
+
+@frozen
+class PlainUserBackendConfig(_Checked):
+    """``type = "plain"``: a file of ``user:password`` lines."""
+
+    path: str = field(metadata=_check(_NON_EMPTY))
+    realm: str | None = None
+
+
+@frozen
+class ExtensionUserBackendConfig:
+    """``type = "extension"``: extensions managed through the console (database).
+
+    ``database_url`` defaults to the top-level one.
+    """
+
+    database_url: str | None = None
+
+
+@frozen
+class HttpUserBackendConfig(_Checked):
+    """``type = "http"``: ask a web service for each user's credentials."""
+
+    url: str = field(metadata=_check(_URL))
+    method: HttpMethod = "GET"
+    username_field: str = field(default="username", metadata=_check(_NON_EMPTY))
+    realm_field: str = field(default="realm", metadata=_check(_NON_EMPTY))
+    headers: Mapping[str, str] = field(factory=dict, metadata=_check(_HEADERS))
+    timeout_ms: int = field(default=5000, metadata=_check(_POSITIVE))
+
+
+UserBackendConfig: TypeAlias = (
+    MemoryUserBackendConfig
+    | PlainUserBackendConfig
+    | ExtensionUserBackendConfig
+    | HttpUserBackendConfig
+)
+
+_serde.register_tagged_union(
+    UserBackendConfig,
+    "type",
+    {
+        "memory": MemoryUserBackendConfig,
+        "plain": PlainUserBackendConfig,
+        "extension": ExtensionUserBackendConfig,
+        "http": HttpUserBackendConfig,
+    },
+)
+
+
+# -- [proxy.trunks.<name>], [[proxy.routes]] --------------------------------------------------
+
+
+@frozen
+class TrunkConfig(_Checked):
+    """``[proxy.trunks.<name>]``: a carrier or another PBX."""
+
+    dest: str = field(metadata=_check(_one(_trunk_dest_problem)))
+    username: str | None = None
+    password: str | None = None
+    transport: TrunkTransport | None = None
+    inbound_hosts: tuple[str, ...] = field(default=(), metadata=_check(_each(_network_problem)))
+    max_calls: int | None = field(default=None, metadata=_check(_POSITIVE))
+    max_cps: float | None = field(default=None, metadata=_check(_POSITIVE))
+    register_enabled: bool = False
+    register_expires: int = field(default=3600, metadata=_check(_POSITIVE))
+
+    def _cross_problems(self) -> _Problems:
+        if not self.register_enabled:
+            return []
+        return [
+            (name, "required when register_enabled is true")
+            for name in ("username", "password")
+            if not getattr(self, name)
+        ]
+
+
+def _reject_code_problem(code: int) -> str | None:
+    return None if 400 <= code <= 699 else "must be a SIP failure status (400-699)"
+
+
+@frozen
+class RejectConfig(_Checked):
+    """A route's ``reject = {code, reason}``."""
+
+    code: int = field(default=403, metadata=_check(_one(_reject_code_problem)))
+    reason: str | None = None
+
+
+@frozen
+class RouteConfig(_Checked):
+    """One ``[[proxy.routes]]`` entry: a static routing rule.
+
+    A ``match`` value containing regex characters (``^$.*+?()[]{}|\\``) is a
+    regular expression (searched, so anchor it with ``^``/``$``); any other value
+    must equal the field exactly. ``{1}`` in a ``rewrite`` value is capture group
+    1 of that field's match.
+    """
+
+    name: str | None = None
+    priority: int = 0
+    disabled: bool = False
+    match: Mapping[str, str] = field(factory=dict, metadata=_check(_match_check))
+    rewrite: Mapping[str, str] = field(factory=dict, metadata=_check(_rewrite_check))
+    dest: tuple[str, ...] = field(default=(), metadata={_serde.ONE_OR_MANY: True})
+    select: RouteSelect = "rr"
+    action: RouteAction = "forward"
+    reject: RejectConfig | None = None
+
+    def _cross_problems(self) -> _Problems:
+        if self.action == "forward" and not self.dest:
+            return [("dest", 'required when action is "forward"')]
+        return []
+
+
+# -- [proxy] -----------------------------------------------------------------------------------
+
+
+def _realm_problem(realm: str) -> str | None:
+    return None if _HOST.match(realm) else f"not a valid realm: {realm!r}"
+
+
+@frozen
+class ProxyConfig(_Checked):
+    """``[proxy]``: the SIP side: listeners, registrar, auth, routing.
+
+    Ports left out are not listened on, except ``udp_port`` (5060). Port 0
+    (an sdpbx extension) asks the OS for a free port, for tests.
+    """
+
+    addr: str | None = field(default=None, metadata=_check(_IP))
+    udp_port: int | None = field(default=5060, metadata=_check(_LISTEN_PORT))
+    tcp_port: int | None = field(default=None, metadata=_check(_LISTEN_PORT))
+    tls_port: int | None = field(default=None, metadata=_check(_LISTEN_PORT))
+    ws_port: int | None = field(default=None, metadata=_check(_LISTEN_PORT))
+    ssl_certificate: str | None = None
+    ssl_private_key: str | None = None
+    realms: tuple[str, ...] = field(default=(), metadata=_check(_each(_realm_problem)))
+    useragent: str | None = None
+    registrar_expires: int = field(default=3600, metadata=_check(_POSITIVE))
+    max_registrar_expires: int = field(default=7200, metadata=_check(_POSITIVE))
+    min_registrar_expires: int = field(default=60, metadata=_check(_POSITIVE))
+    media_proxy: MediaProxyMode = "auto"
+    nat_fix: bool = True
+    acl_rules: tuple[str, ...] = field(default=("allow all",), metadata=_check(_each(_acl_problem)))
+    max_ring_time: int | None = field(default=None, metadata=_check(_POSITIVE))
+    rtp_timeout: int = field(default=60, metadata=_check(_min(0, "must be 0 (disabled) or more")))
+    ensure_user: bool = False
+    auth_failure_limit: int = field(
+        default=10, metadata=_check(_min(0, "must be 0 (disabled) or more"))
+    )
+    auth_block_seconds: int = field(default=300, metadata=_check(_POSITIVE))
+    http_router: HttpRouterConfig | None = None
+    user_backends: tuple[UserBackendConfig, ...] = ()
+    locator_webhook: LocatorWebhookConfig | None = None
+    trunks: Mapping[str, TrunkConfig] = field(factory=dict)
+    routes: tuple[RouteConfig, ...] = ()
+
+    def _cross_problems(self) -> _Problems:
+        problems: _Problems = []
+        if self.tls_port is not None:
+            for name in ("ssl_certificate", "ssl_private_key"):
+                if not getattr(self, name):
+                    problems.append((name, "required when tls_port is set"))
+        if not self.min_registrar_expires <= self.registrar_expires <= self.max_registrar_expires:
+            message = "must be between min_registrar_expires and max_registrar_expires"
+            problems.append(("registrar_expires", message))
+        names: set[str] = set()
+        for index, route in enumerate(self.routes):
+            if missing := [name for name in route.dest if name not in self.trunks]:
+                message = f"unknown trunk {', '.join(map(repr, missing))}"
+                problems.append((f"routes[{index}].dest", message))
+            if route.name is not None:
+                if route.name in names:
+                    problems.append((f"routes[{index}].name", f"duplicate name {route.name!r}"))
+                names.add(route.name)
+        return problems
+
+    @property
+    def acl(self) -> tuple[AclRule, ...]:
+        """``acl_rules`` parsed (first match wins; no match means deny)."""
+        return tuple(parse_acl_rule(rule) for rule in self.acl_rules)
+
+
+# -- [recording], [callrecord] ------------------------------------------------------------------
+
+
+@frozen
+class RecordingConfig(_Checked):
+    """``[recording]``: WAV recording of calls (stereo: caller left, callee right)."""
+
+    enabled: bool = False
+    path: str = field(default="recordings", metadata=_check(_NON_EMPTY))
+    auto_start: bool = True
+    filename_pattern: str = field(default="{session_id}", metadata=_check(_NON_EMPTY))
+
+
+@frozen
+class LocalCallRecordConfig(_Checked):
+    """``type = "local"``: CDR JSON files under ``root``."""
+
+    root: str = field(default="cdr", metadata=_check(_NON_EMPTY))
+
+
+@frozen
+class HttpCallRecordConfig(_Checked):
+    """``type = "http"``: POST each CDR (and optionally its media) to a web service.
+
+    ``timeout_ms`` is an sdpbx extension (RustPBX has no setting).
+    """
+
+    url: str = field(metadata=_check(_URL))
+    headers: Mapping[str, str] = field(factory=dict, metadata=_check(_HEADERS))
+    with_media: bool = False
+    timeout_ms: int = field(default=30000, metadata=_check(_POSITIVE))
+
+
+@frozen
+class S3CallRecordConfig(_Checked):
+    """``type = "s3"``: archive CDRs and recordings in an S3-compatible bucket."""
+
+    bucket: str = field(metadata=_check(_NON_EMPTY))
+    vendor: str | None = None
+    region: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = None
+    endpoint: str | None = field(default=None, metadata=_check(_URL))
+    root: str = ""
+
+    def _cross_problems(self) -> _Problems:
+        if (self.access_key is None) != (self.secret_key is None):
+            return [("secret_key", "access_key and secret_key go together")]
+        return []
+
+
+CallRecordConfig: TypeAlias = LocalCallRecordConfig | HttpCallRecordConfig | S3CallRecordConfig
+
+_serde.register_tagged_union(
+    CallRecordConfig,
+    "type",
+    {"local": LocalCallRecordConfig, "http": HttpCallRecordConfig, "s3": S3CallRecordConfig},
+)
+
+
+# -- [ami], [console], [sipflow] ----------------------------------------------------------------
+
+
+@frozen
+class AmiConfig(_Checked):
+    """``[ami]``: who may use the management API (``/ami/v1``); ``"*"`` is anyone."""
+
+    allows: tuple[str, ...] = field(
+        default=("127.0.0.1", "::1"), metadata=_check(_each(_network_problem))
+    )
+
+
+def _token_problem(token: str) -> str | None:
+    if token and not any(ch.isspace() for ch in token):
+        return None
+    return "must be non-empty and contain no spaces"
+
+
+@frozen
+class ApiTokenConfig(_Checked):
+    """One ``[[console.api_tokens]]`` entry, accepted as ``Authorization: Bearer``."""
+
+    token: str = field(metadata=_check(_one(_token_problem)))
+
+
+@frozen
+class ConsoleConfig(_Checked):
+    """``[console]``: the web console / REST API (``/console``)."""
+
+    session_secret: str | None = None
+    api_tokens: tuple[ApiTokenConfig, ...] = ()
+    admin_username: str | None = None
+    admin_password: str | None = None
+
+    def _cross_problems(self) -> _Problems:
+        if (self.admin_username is None) != (self.admin_password is None):
+            return [("admin_password", "admin_username and admin_password go together")]
+        return []
+
+
+@frozen
+class SipflowConfig(_Checked):
+    """``[sipflow]``: keep every SIP message per call for ladder diagrams.
+
+    ``retention_days`` (0 = keep forever) is sdpbx's name for the retention period.
+    """
+
+    enabled: bool = False
+    retention_days: int = field(
+        default=7, metadata=_check(_min(0, "must be 0 (keep forever) or more"))
+    )
+
+
+# -- top level ---------------------------------------------------------------------------------
+
+
+def _database_url_problem(url: str) -> str | None:
+    scheme, sep, rest = url.partition("://")
+    return None if sep and scheme and rest else "expected scheme://location, e.g. sqlite://pbx.db"
+
+
+def _log_level_problem(level: str) -> str | None:
+    if level.lower() in _LOG_LEVELS:
+        return None
+    return f"expected one of {', '.join(_LOG_LEVELS)}, got {level!r}"
+
+
+@frozen
+class Config(_Checked):
+    """The whole configuration file; ``Config()`` is every default."""
+
+    http_addr: str = field(
+        default="0.0.0.0:8080", metadata=_check(_one(lambda a: _host_port_problem(a, 0)))
+    )
+    database_url: str = field(
+        default="sqlite://sdpbx.sqlite3", metadata=_check(_one(_database_url_problem))
+    )
+    external_ip: str | None = field(default=None, metadata=_check(_IP))
+    rtp_start_port: int = field(default=12000, metadata=_check(_RTP_PORT))
+    rtp_end_port: int = field(default=42000, metadata=_check(_RTP_PORT))
+    log_level: str | None = field(default=None, metadata=_check(_one(_log_level_problem)))
+    proxy: ProxyConfig = field(factory=ProxyConfig)
+    recording: RecordingConfig = field(factory=RecordingConfig)
+    callrecord: CallRecordConfig | None = None
+    ami: AmiConfig = field(factory=AmiConfig)
+    console: ConsoleConfig = field(factory=ConsoleConfig)
+    sipflow: SipflowConfig = field(factory=SipflowConfig)
+
+    def _cross_problems(self) -> _Problems:
+        if self.rtp_start_port >= self.rtp_end_port:
+            return [("rtp_end_port", "must be greater than rtp_start_port")]
+        return []
+
+
+def config_from_dict(data: Mapping[str, object]) -> Config:
+    """Build a :class:`Config` from already-parsed TOML (or any nested dicts).
+
+    Raises :class:`~sdpbx.errors.ConfigError` listing every bad key path.
+    """
+    return _serde.structure_config(data, Config)
+
+
+def parse_config(text: str, *, source: str = "<string>") -> Config:
+    """Parse TOML text into a :class:`Config`.
+
+    A TOML syntax error becomes a :class:`~sdpbx.errors.ConfigError` whose path is
+    ``source`` and whose message gives the line and column.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([(source, f"invalid TOML: {exc}")]) from None
+    return config_from_dict(data)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a RustPBX-compatible TOML config file.
+
+    Every problem is reported at once, each with its key path, e.g.
+    ``ConfigError: proxy.udpport: unknown key; proxy.routes[0].dest: unknown
+    trunk 'carrier2'``. Relative paths inside the file (database, recordings,
+    CDRs) are relative to the working directory, as in RustPBX.
+    """
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as file:
+            raw = file.read()
+    except OSError as exc:
+        raise ConfigError([(source, f"cannot read: {exc.strerror or exc}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([(source, f"not UTF-8: {exc}")]) from None
+    return parse_config(text, source=source)
