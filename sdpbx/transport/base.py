@@ -9,13 +9,23 @@ datagram; sending is awaited because a stream may have to connect first.
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal, Protocol
 
+from anyio.abc import TaskStatus
 from attrs import frozen
 
-__all__ = ["Peer", "Transport", "TransportHandler", "TransportName"]
+__all__ = ["Peer", "Transport", "TransportHandler", "TransportName", "next_connection_id"]
 
 TransportName = Literal["UDP", "TCP", "TLS", "WS", "WSS"]
+
+_connection_ids = itertools.count(1)
+
+
+def next_connection_id() -> int:
+    """A connection id unique across every stream transport of the process,
+    so a binding or a dialog can name "the connection" without its transport."""
+    return next(_connection_ids)
 
 
 @frozen
@@ -62,7 +72,9 @@ class Transport(Protocol):
     @property
     def local_port(self) -> int: ...
 
-    async def serve(self, handler: TransportHandler, *, task_status: object = ...) -> None:
+    async def serve(
+        self, handler: TransportHandler, *, task_status: TaskStatus[None] = ...
+    ) -> None:
         """Bind, report readiness via ``task_status.started()``, run until cancelled."""
 
     async def send(self, data: bytes, peer: Peer) -> None:

@@ -1,0 +1,472 @@
+"""SIP over WebSocket (RFC 7118), both as a listener and as a client.
+
+Browsers (JsSIP, SIP.js) can only reach a PBX over WebSocket. RFC 7118 makes
+each WebSocket message exactly one SIP message, so unlike TCP there is no
+framing to do here: wsproto reassembles fragmented messages and we hand each
+whole one to the handler. The HTTP upgrade itself goes through wsproto's h11
+handshake; a client that does not offer the ``sip`` subprotocol is refused
+with an HTTP 400 before any SIP flows (RFC 7118 §4).
+
+Every connection, accepted or opened by :meth:`WsTransport.send`, lives in the
+task group owned by :meth:`WsTransport.serve`, and is found again by its id (so
+a response goes back over the connection the request came in on, as phones
+behind NAT need) or by its remote address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+from typing import Any
+
+import anyio
+from anyio.abc import ByteStream, Listener, SocketAttribute, TaskGroup, TaskStatus
+from anyio.streams.tls import TLSListener
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from .base import Peer, TransportHandler, TransportName, next_connection_id
+
+__all__ = ["WsTransport"]
+
+logger = logging.getLogger(__name__)
+
+SUBPROTOCOL = "sip"
+_READ_SIZE = 65536
+# IPv4 clients of a dual-stack ("::") listener appear as ::ffff:a.b.c.d.
+_MAPPED_PREFIX = "::ffff:"
+# What a socket read or write raises once the peer has gone.
+_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+# Connection ids are unique per process, not per transport, so a stack holding
+# several stream transports can key connections by id alone.
+
+
+class _Connection:
+    """One open WebSocket: the socket, its wsproto state and a write lock."""
+
+    def __init__(self, stream: ByteStream, ws: WSConnection, peer: Peer) -> None:
+        self.stream = stream
+        self.ws = ws
+        self.peer = peer
+        self.id: int = peer.connection_id or 0
+        self.write_lock = anyio.Lock()
+        self.last_activity = anyio.current_time()
+        self.closed = False
+        self.scope = anyio.CancelScope()  # cancelled by WsTransport.close_connection
+
+    async def send_event(self, event: Event) -> None:
+        """Write one wsproto event; the lock keeps frames of concurrent senders whole."""
+        async with self.write_lock:
+            if self.closed:
+                raise ConnectionResetError(f"WebSocket connection {self.id} is closed")
+            try:
+                data = self.ws.send(event)
+                await self.stream.send(data)
+            except LocalProtocolError as exc:  # closing or closed on the WS level
+                raise ConnectionResetError(f"WebSocket connection {self.id}: {exc}") from exc
+            except _GONE as exc:
+                self.closed = True
+                raise ConnectionResetError(f"WebSocket connection {self.id} broke") from exc
+            self.last_activity = anyio.current_time()
+
+    async def send_message(self, data: bytes) -> None:
+        # RFC 7118 §5: text frames for UTF-8 SIP, binary for anything else.
+        try:
+            event: Event = TextMessage(data=data.decode("utf-8"))
+        except UnicodeDecodeError:
+            event = BytesMessage(data=data)
+        await self.send_event(event)
+
+    async def close(self, code: int, reason: str | None = None) -> None:
+        """Send a Close frame if the WS state allows it, then drop the socket."""
+        if not self.closed and self.ws.state in (
+            ConnectionState.OPEN,
+            ConnectionState.REMOTE_CLOSING,
+        ):
+            with anyio.move_on_after(1.0, shield=True):
+                with contextlib.suppress(OSError):
+                    await self.send_event(CloseConnection(code=code, reason=reason))
+        self.closed = True
+        with anyio.CancelScope(shield=True):
+            await self.stream.aclose()
+
+
+class WsTransport:
+    """A WS or WSS listener that also connects out to WebSocket peers.
+
+    ``ssl_context`` is the server certificate context (required for WSS);
+    ``client_ssl_context`` verifies servers we connect to (default: the system
+    trust store). ``path`` is the resource served, and requested when
+    connecting out. ``idle_timeout`` closes connections silent for that long
+    (``None`` keeps them forever); keep it above the phones' re-REGISTER
+    interval, since closing a WS connection ends its RFC 5626 flow.
+    """
+
+    reliable = True
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        secure: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+        client_ssl_context: ssl.SSLContext | None = None,
+        path: str = "/",
+        max_message_size: int = 256 * 1024,
+        idle_timeout: float | None = 900.0,
+        handshake_timeout: float = 10.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if secure and ssl_context is None:
+            raise ValueError("WSS needs ssl_context (the server certificate)")
+        self.name: TransportName = "WSS" if secure else "WS"
+        self.host = host
+        self._port = port
+        self.secure = secure
+        self.ssl_context = ssl_context
+        self.client_ssl_context = client_ssl_context
+        self.path = path
+        self.max_message_size = max_message_size
+        self.idle_timeout = idle_timeout
+        self.handshake_timeout = handshake_timeout
+        self.connect_timeout = connect_timeout
+        self._handler: TransportHandler | None = None
+        self._tg: TaskGroup | None = None
+        self._by_id: dict[int, _Connection] = {}
+        self._by_address: dict[tuple[str, int], _Connection] = {}
+        self._connecting: dict[tuple[str, int], anyio.Event] = {}
+
+    @property
+    def local_host(self) -> str:
+        return self.host
+
+    @property
+    def local_port(self) -> int:
+        """The bound port once :meth:`serve` has started (real even for port 0)."""
+        return self._port
+
+    @property
+    def connection_count(self) -> int:
+        """Open connections, accepted and outgoing."""
+        return len(self._by_id)
+
+    def connection_peers(self) -> list[Peer]:
+        """The open connections, as the Peers their messages arrive from."""
+        return [conn.peer for conn in self._by_id.values()]
+
+    def close_connection(self, connection_id: int) -> bool:
+        """Close one connection (its ``connection_lost`` follows); ``False`` if unknown."""
+        conn = self._by_id.get(connection_id)
+        if conn is None:
+            return False
+        conn.scope.cancel()
+        return True
+
+    async def serve(
+        self,
+        handler: TransportHandler,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        tcp = await anyio.create_tcp_listener(local_host=self.host, local_port=self._port)
+        self._port = tcp.extra(SocketAttribute.local_port)
+        listener: Listener[Any] = tcp
+        if self.secure:
+            assert self.ssl_context is not None
+            listener = TLSListener(
+                tcp, self.ssl_context, standard_compatible=False, handshake_timeout=10.0
+            )
+        self._handler = handler
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                task_status.started()
+                try:
+                    await listener.serve(self._accept, task_group=tg)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await listener.aclose()
+        finally:
+            self._tg = None
+
+    # -- sending ---------------------------------------------------------------
+
+    def send_nowait(self, data: bytes, peer: Peer) -> bool:
+        """Always ``False``: anyio streams have no synchronous write, and a WS
+        frame must not interleave with another sender's."""
+        return False
+
+    async def send(self, data: bytes, peer: Peer) -> None:
+        conn = self._find(peer)
+        if conn is None:
+            conn = await self._connect_once(peer.host, peer.port)
+        await conn.send_message(data)
+
+    def _find(self, peer: Peer) -> _Connection | None:
+        if peer.connection_id is not None:
+            conn = self._by_id.get(peer.connection_id)
+            if conn is not None and not conn.closed:
+                return conn
+        conn = self._by_address.get((peer.host, peer.port))
+        if conn is not None and not conn.closed:
+            return conn
+        return None
+
+    async def _connect_once(self, host: str, port: int) -> _Connection:
+        """Connect, unless another sender is already connecting to the same address."""
+        key = (host, port)
+        while (pending := self._connecting.get(key)) is not None:
+            await pending.wait()
+            conn = self._by_address.get(key)
+            if conn is not None and not conn.closed:
+                return conn
+        if self._tg is None:
+            raise OSError(f"{self.name} transport is not serving")
+        done = self._connecting[key] = anyio.Event()
+        try:
+            conn = await self._connect(host, port)
+            self._register(conn)
+            self._tg.start_soon(self._run, conn)
+            return conn
+        finally:
+            del self._connecting[key]
+            done.set()
+
+    async def _connect(self, host: str, port: int) -> _Connection:
+        with anyio.fail_after(self.connect_timeout):
+            if self.secure:
+                context = self.client_ssl_context or ssl.create_default_context()
+                stream: ByteStream = await anyio.connect_tcp(
+                    host, port, ssl_context=context, tls_standard_compatible=False
+                )
+            else:
+                stream = await anyio.connect_tcp(host, port)
+            try:
+                ws = WSConnection(ConnectionType.CLIENT)
+                authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                await stream.send(
+                    ws.send(Request(host=authority, target=self.path, subprotocols=[SUBPROTOCOL]))
+                )
+                await self._client_handshake(stream, ws)
+            except BaseException:
+                await anyio.aclose_forcefully(stream)
+                raise
+        peer = Peer(self.name, host, port, next_connection_id())
+        return _Connection(stream, ws, peer)
+
+    @staticmethod
+    async def _client_handshake(stream: ByteStream, ws: WSConnection) -> None:
+        while True:
+            try:
+                data = await stream.receive(_READ_SIZE)
+            except anyio.EndOfStream:
+                raise ConnectionResetError("WebSocket server closed during the handshake") from None
+            except _GONE as exc:
+                raise ConnectionResetError("WebSocket handshake failed") from exc
+            try:
+                ws.receive_data(data)
+            except RemoteProtocolError as exc:
+                raise ConnectionError(f"bad WebSocket handshake response: {exc}") from exc
+            for event in ws.events():
+                if isinstance(event, AcceptConnection):
+                    if event.subprotocol != SUBPROTOCOL:
+                        raise ConnectionRefusedError("WebSocket server did not accept 'sip'")
+                    # Frames that arrived with the 101 stay queued in ``ws``.
+                    return
+                if isinstance(event, RejectConnection):
+                    raise ConnectionRefusedError(
+                        f"WebSocket handshake refused with HTTP {event.status_code}"
+                    )
+
+    # -- accepting -------------------------------------------------------------
+
+    async def _accept(self, stream: ByteStream) -> None:
+        try:
+            ws: WSConnection | None = None
+            with anyio.move_on_after(self.handshake_timeout):
+                ws = await self._server_handshake(stream)
+        except BaseException:
+            await anyio.aclose_forcefully(stream)
+            raise
+        if ws is None:
+            await anyio.aclose_forcefully(stream)
+            return
+        remote = stream.extra(SocketAttribute.remote_address)
+        host = str(remote[0]).removeprefix(_MAPPED_PREFIX) if "." in remote[0] else str(remote[0])
+        peer = Peer(self.name, host, int(remote[1]), next_connection_id())
+        conn = _Connection(stream, ws, peer)
+        self._register(conn)
+        await self._run(conn)
+
+    async def _server_handshake(self, stream: ByteStream) -> WSConnection | None:
+        """Answer the HTTP upgrade; ``None`` when it was refused or abandoned."""
+        ws = WSConnection(ConnectionType.SERVER)
+        while True:
+            try:
+                data = await stream.receive(_READ_SIZE)
+            except (anyio.EndOfStream, *_GONE):
+                return None
+            try:
+                ws.receive_data(data)
+                events = list(ws.events())
+            except RemoteProtocolError as exc:
+                hint = exc.event_hint
+                await _reject(
+                    stream,
+                    ws,
+                    hint.status_code if isinstance(hint, RejectConnection) else 400,
+                    str(exc),
+                )
+                return None
+            for event in events:
+                if isinstance(event, Request):
+                    return await self._answer_upgrade(stream, ws, event)
+
+    async def _answer_upgrade(
+        self, stream: ByteStream, ws: WSConnection, request: Request
+    ) -> WSConnection | None:
+        path = request.target.partition("?")[0]
+        if path != self.path:
+            await _reject(stream, ws, 404, f"no WebSocket service at {path}")
+            return None
+        offered = [p for p in request.subprotocols if p.strip().lower() == SUBPROTOCOL]
+        if not offered:
+            await _reject(stream, ws, 400, "Sec-WebSocket-Protocol must offer 'sip' (RFC 7118)")
+            return None
+        try:
+            await stream.send(ws.send(AcceptConnection(subprotocol=offered[0])))
+        except _GONE:
+            return None
+        return ws
+
+    # -- one connection's life -------------------------------------------------
+
+    def _register(self, conn: _Connection) -> None:
+        self._by_id[conn.id] = conn
+        self._by_address[(conn.peer.host, conn.peer.port)] = conn
+
+    def _unregister(self, conn: _Connection) -> None:
+        self._by_id.pop(conn.id, None)
+        key = (conn.peer.host, conn.peer.port)
+        if self._by_address.get(key) is conn:
+            del self._by_address[key]
+
+    async def _run(self, conn: _Connection) -> None:
+        try:
+            with conn.scope:
+                await self._read_loop(conn)
+        finally:
+            self._unregister(conn)
+            await conn.close(CloseReason.GOING_AWAY)
+            handler = self._handler
+            if handler is not None:
+                try:
+                    handler.connection_lost(conn.peer)
+                except Exception:
+                    logger.exception("connection_lost handler failed for %s", conn.peer)
+
+    async def _read_loop(self, conn: _Connection) -> None:
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            # Events first: the handshake may have left frames queued in ``ws``.
+            for event in conn.ws.events():
+                if isinstance(event, TextMessage | BytesMessage):
+                    chunk = (
+                        event.data.encode("utf-8")
+                        if isinstance(event.data, str)
+                        else bytes(event.data)
+                    )
+                    size += len(chunk)
+                    if size > self.max_message_size:
+                        logger.warning(
+                            "closing %s: WebSocket message over %d bytes",
+                            conn.peer,
+                            self.max_message_size,
+                        )
+                        await conn.close(CloseReason.MESSAGE_TOO_BIG, "message too big")
+                        return
+                    parts.append(chunk)
+                    if event.message_finished:
+                        message = b"".join(parts)
+                        parts.clear()
+                        size = 0
+                        self._deliver(message, conn.peer)
+                elif isinstance(event, Ping):
+                    try:
+                        await conn.send_event(event.response())
+                    except OSError:
+                        return
+                elif isinstance(event, CloseConnection):
+                    # Answer the peer's Close (or report the protocol error it made).
+                    await conn.close(event.code, event.reason)
+                    return
+            data = await self._receive(conn)
+            if data is None:
+                return
+            conn.ws.receive_data(data)
+
+    async def _receive(self, conn: _Connection) -> bytes | None:
+        """The next bytes from the socket, or ``None`` when the connection is over."""
+        while True:
+            timeout = None
+            if self.idle_timeout is not None:
+                timeout = conn.last_activity + self.idle_timeout - anyio.current_time()
+            with anyio.move_on_after(timeout):
+                try:
+                    data = await conn.stream.receive(_READ_SIZE)
+                except (anyio.EndOfStream, *_GONE):
+                    return None
+                conn.last_activity = anyio.current_time()
+                return data
+            # Timed out; a send may have refreshed the activity clock meanwhile.
+            assert self.idle_timeout is not None
+            if anyio.current_time() - conn.last_activity >= self.idle_timeout:
+                logger.info("closing idle WebSocket connection %s", conn.peer)
+                await conn.close(CloseReason.NORMAL_CLOSURE, "idle")
+                return None
+
+    def _deliver(self, message: bytes, peer: Peer) -> None:
+        if not message.strip():
+            return  # a keep-alive (CRLF) message, nothing for the stack
+        assert self._handler is not None
+        try:
+            self._handler.message_received(message, peer)
+        except Exception:
+            logger.exception("message handler failed for a message from %s", peer)
+
+
+async def _reject(stream: ByteStream, ws: WSConnection, status: int, why: str) -> None:
+    """Refuse the upgrade with an HTTP error that says why."""
+    body = f"{why}\n".encode()
+    try:
+        data = ws.send(
+            RejectConnection(
+                status_code=status,
+                headers=[
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+                has_body=True,
+            )
+        )
+        data += ws.send(RejectData(data=body))
+        await stream.send(data)
+    except (LocalProtocolError, *_GONE):
+        return
