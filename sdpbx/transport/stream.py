@@ -1,0 +1,458 @@
+"""SIP over TCP and TLS: listening, connecting, and keeping connections for reuse.
+
+A phone behind NAT can only be reached over the connection it opened, so every
+connection (accepted or made) gets a process-wide integer id and is kept in a
+registry by id and by remote address; :meth:`send` reuses one before it ever
+connects (RFC 3261 §18.2.2, RFC 5626). Each connection runs one task that
+reads and frames, and one writer task fed by a bounded queue, so
+:meth:`send_nowait` can hand a response to an open connection without
+awaiting, writes never interleave, and a peer that stops reading applies
+backpressure (then a timeout) instead of growing memory.
+
+Connections close on EOF, on a framing error (the position of the next message
+is unknowable), on a write error or timeout, and after ``idle_timeout``
+seconds without traffic in either direction. All connection tasks live in the
+task group of :meth:`serve`, so cancelling ``serve`` closes every connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+from anyio.abc import (
+    ByteStream,
+    SocketAttribute,
+    SocketListener,
+    SocketStream,
+    TaskGroup,
+    TaskStatus,
+)
+from anyio.streams.tls import TLSStream
+
+from ..sip.errors import SipParseError
+from ..sip.framing import StreamFramer
+from .base import Peer, TransportHandler, TransportName, next_connection_id
+
+__all__ = ["TcpTransport", "TlsTransport"]
+
+logger = logging.getLogger(__name__)
+
+_PONG = b"\r\n"
+_MAPPED_PREFIX = "::ffff:"
+# Most bytes joined into one write when several messages are queued.
+_WRITE_BATCH = 64 * 1024
+# Stream errors that simply mean "this connection is gone".
+_GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+
+
+def _normal_host(host: str) -> str:
+    return host[len(_MAPPED_PREFIX) :] if host.startswith(_MAPPED_PREFIX) else host
+
+
+class _SerialSendStream(ByteStream):
+    """Serialises sends to a socket stream under a TLS stream.
+
+    anyio's TLSStream may write from ``receive()`` (TLS 1.3 post-handshake
+    messages) while the writer task is writing; the socket stream would then
+    raise ``BusyResourceError``. A lock under the TLS layer makes that safe.
+    """
+
+    def __init__(self, inner: SocketStream) -> None:
+        self._inner = inner
+        self._lock = anyio.Lock()
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        return await self._inner.receive(max_bytes)
+
+    async def send(self, item: bytes) -> None:
+        async with self._lock:
+            await self._inner.send(item)
+
+    async def send_eof(self) -> None:
+        await self._inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Any]:
+        return self._inner.extra_attributes
+
+
+class _Connection:
+    """One open stream and its outgoing queue."""
+
+    __slots__ = (
+        "closed",
+        "id",
+        "idle_timeout",
+        "inbox",
+        "key",
+        "last_activity",
+        "outbox",
+        "peer",
+        "scope",
+        "stream",
+    )
+
+    def __init__(
+        self, stream: ByteStream, peer: Peer, idle_timeout: float, queue_size: int
+    ) -> None:
+        self.id = peer.connection_id
+        self.stream = stream
+        self.peer = peer
+        self.key = (peer.host, peer.port)
+        self.idle_timeout = idle_timeout
+        self.last_activity = anyio.current_time()
+        self.outbox, self.inbox = anyio.create_memory_object_stream[bytes](queue_size)
+        self.scope = anyio.CancelScope()
+        self.closed = False
+
+
+class _StreamTransport:
+    """What TCP and TLS share; TLS only adds the handshake around each stream."""
+
+    name: TransportName
+    reliable: bool = True
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        idle_timeout: float = 600.0,
+        outbound_idle_timeout: float = 120.0,
+        max_message_size: int = 65536,
+        connect_timeout: float = 10.0,
+        send_timeout: float = 10.0,
+        send_queue_size: int = 256,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.idle_timeout = idle_timeout
+        self.outbound_idle_timeout = outbound_idle_timeout
+        self.max_message_size = max_message_size
+        self.connect_timeout = connect_timeout
+        self.send_timeout = send_timeout
+        self.send_queue_size = send_queue_size
+        self._bound: tuple[str, int] = (host, port)
+        self._by_id: dict[int, _Connection] = {}
+        self._by_address: dict[tuple[str, int], _Connection] = {}
+        self._connecting: dict[tuple[str, int], anyio.Lock] = {}
+        self._task_group: TaskGroup | None = None
+        self._handler: TransportHandler | None = None
+
+    @property
+    def local_host(self) -> str:
+        return self._bound[0]
+
+    @property
+    def local_port(self) -> int:
+        return self._bound[1]
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._by_id)
+
+    def connection_peers(self) -> list[Peer]:
+        """The open connections, as the Peers their messages arrive from."""
+        return [conn.peer for conn in self._by_id.values()]
+
+    # -- TLS hooks ---------------------------------------------------------------
+
+    async def _wrap_inbound(self, stream: SocketStream) -> ByteStream:
+        return stream
+
+    async def _wrap_outbound(self, stream: SocketStream, host: str) -> ByteStream:
+        return stream
+
+    # -- serving -----------------------------------------------------------------
+
+    async def serve(
+        self,
+        handler: TransportHandler,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen, report readiness, then accept and serve connections until cancelled."""
+        multi = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+        listeners = [
+            listener for listener in multi.listeners if isinstance(listener, SocketListener)
+        ]
+        address = listeners[0].extra(SocketAttribute.local_address)
+        self._bound = (_normal_host(str(address[0])), int(address[1]))
+        try:
+            async with multi, anyio.create_task_group() as tg:
+                self._task_group = tg
+                self._handler = handler
+                for listener in listeners:
+                    tg.start_soon(self._accept_loop, listener, tg)
+                task_status.started()
+        finally:
+            self._task_group = None
+            self._handler = None
+
+    async def _accept_loop(self, listener: SocketListener, tg: TaskGroup) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                # Out of file descriptors or similar: back off instead of spinning.
+                logger.warning("%s accept failed: %s", self.name, exc)
+                await anyio.sleep(0.1)
+                continue
+            tg.start_soon(self._serve_inbound, stream)
+
+    async def _serve_inbound(self, raw: SocketStream) -> None:
+        remote = raw.extra(SocketAttribute.remote_address)
+        host, port = _normal_host(str(remote[0])), int(remote[1])
+        try:
+            stream = await self._wrap_inbound(raw)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(raw)
+            if isinstance(exc, (*_GONE, ssl.SSLError)):  # TimeoutError is an OSError
+                logger.debug("%s handshake with %s:%d failed: %s", self.name, host, port, exc)
+                return
+            raise
+        conn = self._register(stream, host, port, self.idle_timeout)
+        await self._run(conn)
+
+    def _register(self, stream: ByteStream, host: str, port: int, idle: float) -> _Connection:
+        peer = Peer(self.name, host, port, next_connection_id())
+        conn = _Connection(stream, peer, idle, self.send_queue_size)
+        self._by_id[peer.connection_id] = conn  # type: ignore[index]
+        self._by_address[conn.key] = conn
+        return conn
+
+    def _unregister(self, conn: _Connection) -> None:
+        conn.closed = True
+        self._by_id.pop(conn.id, None)  # type: ignore[arg-type]
+        if self._by_address.get(conn.key) is conn:
+            del self._by_address[conn.key]
+            # Another connection to the same address may still be open.
+            for other in self._by_id.values():
+                if other.key == conn.key:
+                    self._by_address[conn.key] = other
+                    break
+
+    async def _run(self, conn: _Connection) -> None:
+        try:
+            with conn.scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._write_loop, conn)
+                    await self._read_loop(conn)
+                    tg.cancel_scope.cancel()
+        finally:
+            self._unregister(conn)
+            conn.outbox.close()
+            conn.inbox.close()
+            handler = self._handler
+            if handler is not None:
+                try:
+                    handler.connection_lost(conn.peer)
+                except Exception:
+                    logger.exception("%s connection_lost handler failed", self.name)
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(conn.stream)
+
+    async def _read_loop(self, conn: _Connection) -> None:
+        handler = self._handler
+        assert handler is not None
+        message_received = handler.message_received
+        framer = StreamFramer(self.max_message_size)
+        stream = conn.stream
+        peer = conn.peer
+        while True:
+            with anyio.CancelScope(deadline=conn.last_activity + conn.idle_timeout) as idle:
+                try:
+                    data = await stream.receive()
+                except (*_GONE, ssl.SSLError):
+                    return
+            if idle.cancelled_caught:
+                if anyio.current_time() >= conn.last_activity + conn.idle_timeout:
+                    logger.debug("%s connection %s idle, closing", self.name, peer.address)
+                    return
+                continue  # the writer was active meanwhile
+            conn.last_activity = anyio.current_time()
+            framer.feed(data)
+            try:
+                while (message := framer.next_message()) is not None:
+                    try:
+                        message_received(message, peer)
+                    except Exception:
+                        logger.exception("%s handler failed on a message from %s", self.name, peer)
+            except SipParseError as exc:
+                logger.info("%s framing error from %s, closing: %s", self.name, peer.address, exc)
+                return
+            pings = framer.take_pings()
+            if pings:
+                # A full queue already proves we are alive: skip the pong then.
+                with contextlib.suppress(anyio.WouldBlock):
+                    conn.outbox.send_nowait(_PONG * pings)
+
+    async def _write_loop(self, conn: _Connection) -> None:
+        inbox = conn.inbox
+        stream = conn.stream
+        async for data in inbox:
+            size = len(data)
+            batch = [data]
+            while size < _WRITE_BATCH:
+                try:
+                    more = inbox.receive_nowait()
+                except anyio.WouldBlock:
+                    break
+                batch.append(more)
+                size += len(more)
+            with anyio.move_on_after(self.send_timeout) as timeout:
+                try:
+                    await stream.send(batch[0] if len(batch) == 1 else b"".join(batch))
+                except (*_GONE, ssl.SSLError) as exc:
+                    logger.debug("%s write to %s failed: %s", self.name, conn.peer.address, exc)
+                    conn.scope.cancel()
+                    return
+            if timeout.cancelled_caught:
+                logger.info("%s write to %s timed out, closing", self.name, conn.peer.address)
+                conn.scope.cancel()
+                return
+            conn.last_activity = anyio.current_time()
+
+    # -- sending -----------------------------------------------------------------
+
+    def _lookup(self, peer: Peer) -> _Connection | None:
+        if peer.connection_id is not None:
+            conn = self._by_id.get(peer.connection_id)
+            if conn is not None:
+                return conn
+        return self._by_address.get((_normal_host(peer.host), peer.port))
+
+    def send_nowait(self, data: bytes, peer: Peer) -> bool:
+        """Queue on an open connection; ``False`` if none is open or its queue is full."""
+        conn = self._lookup(peer)
+        if conn is None:
+            return False
+        try:
+            conn.outbox.send_nowait(data)
+        except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return False
+        return True
+
+    async def send(self, data: bytes, peer: Peer) -> None:
+        """Queue on the peer's connection, connecting first if there is none.
+
+        Raises :class:`OSError` when connecting fails, or when the connection's
+        queue stays full for ``send_timeout`` seconds.
+        """
+        conn = self._lookup(peer) or await self._connect(peer)
+        try:
+            with anyio.fail_after(self.send_timeout):
+                await conn.outbox.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            raise ConnectionResetError(f"{self.name} connection to {peer.address} closed") from exc
+
+    def close_connection(self, connection_id: int) -> bool:
+        """Close one connection (its ``connection_lost`` follows); ``False`` if unknown."""
+        conn = self._by_id.get(connection_id)
+        if conn is None:
+            return False
+        conn.scope.cancel()
+        return True
+
+    async def _connect(self, peer: Peer) -> _Connection:
+        tg = self._task_group
+        if tg is None:
+            raise OSError(f"{self.name} transport is not serving")
+        host = _normal_host(peer.host)
+        key = (host, peer.port)
+        # One connect per address at a time; concurrent senders wait and reuse it.
+        lock = self._connecting.setdefault(key, anyio.Lock())
+        try:
+            async with lock:
+                conn = self._by_address.get(key)
+                if conn is not None:
+                    return conn
+                with anyio.fail_after(self.connect_timeout):
+                    raw = await anyio.connect_tcp(host, peer.port)
+                    try:
+                        stream = await self._wrap_outbound(raw, host)
+                    except BaseException:
+                        with anyio.CancelScope(shield=True):
+                            await anyio.aclose_forcefully(raw)
+                        raise
+        except (anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+            raise ConnectionResetError(f"{self.name} handshake with {peer.address} failed") from exc
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._connecting.pop(key, None)
+        conn = self._register(stream, host, peer.port, self.outbound_idle_timeout)
+        tg.start_soon(self._run, conn)
+        return conn
+
+
+class TcpTransport(_StreamTransport):
+    """SIP over TCP (RFC 3261 §18)."""
+
+    name: TransportName = "TCP"
+
+
+class TlsTransport(_StreamTransport):
+    """SIP over TLS (RFC 3261 §26.2, RFC 5630).
+
+    ``ssl_context`` is the server context (certificate loaded);
+    ``client_ssl_context`` verifies the servers we connect to and defaults to
+    the system trust store with host name checking against the peer host.
+    """
+
+    name: TransportName = "TLS"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext,
+        client_ssl_context: ssl.SSLContext | None = None,
+        *,
+        handshake_timeout: float = 10.0,
+        idle_timeout: float = 600.0,
+        outbound_idle_timeout: float = 120.0,
+        max_message_size: int = 65536,
+        connect_timeout: float = 10.0,
+        send_timeout: float = 10.0,
+        send_queue_size: int = 256,
+    ) -> None:
+        super().__init__(
+            host,
+            port,
+            idle_timeout=idle_timeout,
+            outbound_idle_timeout=outbound_idle_timeout,
+            max_message_size=max_message_size,
+            connect_timeout=connect_timeout,
+            send_timeout=send_timeout,
+            send_queue_size=send_queue_size,
+        )
+        self.ssl_context = ssl_context
+        self.client_ssl_context = client_ssl_context or ssl.create_default_context()
+        self.handshake_timeout = handshake_timeout
+
+    async def _wrap_inbound(self, stream: SocketStream) -> ByteStream:
+        with anyio.fail_after(self.handshake_timeout):
+            return await TLSStream.wrap(
+                _SerialSendStream(stream),
+                server_side=True,
+                ssl_context=self.ssl_context,
+                standard_compatible=False,
+            )
+
+    async def _wrap_outbound(self, stream: SocketStream, host: str) -> ByteStream:
+        return await TLSStream.wrap(
+            _SerialSendStream(stream),
+            server_side=False,
+            hostname=host,
+            ssl_context=self.client_ssl_context,
+            standard_compatible=False,
+        )
