@@ -1,0 +1,631 @@
+"""SipStack: transports + the transaction layer + one timer task.
+
+The stack is the I/O adapter around the sans-IO core, in the aioquic style:
+after every input (a datagram, a framed stream message, a timer, a call from
+the transaction user) it sends what the :class:`TransactionLayer` queued,
+delivers its events and re-arms the single timer. Inbound messages are
+handled synchronously inside the transport's receive loop, so a retransmission
+or a response costs no task switch; only a *new* server transaction starts a
+task, in which the transaction user (a :class:`RequestHandler`) may await
+webhooks and databases without holding anything else up.
+
+What the stack does on its own, as RFC 3261's "UAS core" and transport layer:
+
+- adds ``received``/``rport`` to the top Via of every request (§18.2.1, RFC
+  3581) and answers from where the request came (symmetric response routing,
+  which is what phones behind NAT need);
+- answers a request it cannot parse with the parser's status (400, 505, 513)
+  when enough of it is readable to build a response, and drops malformed
+  responses; both are logged and counted, and neither kills a task;
+- answers 416 for a Request-URI of an unknown scheme and 420 for an unknown
+  ``Require`` option (§8.2.2);
+- answers OPTIONS with 200 when no handler takes it;
+- answers 503 when more than ``max_pending`` requests are being handled, so
+  overload sheds load instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from attrs import define
+
+from .sip import (
+    Headers,
+    Request,
+    Response,
+    SipParseError,
+    SipUri,
+    TelUri,
+    make_response,
+    new_branch,
+    new_tag,
+    parse_message,
+    split_commas,
+)
+from .sip.headers import canonical_key
+from .sip.transaction import (
+    AckForInvite,
+    ClientTransaction,
+    NewTransaction,
+    ResponseReceived,
+    ServerTransaction,
+    StrayAck,
+    TimerConfig,
+    TransactionLayer,
+    TransactionTerminated,
+    TransactionTimeout,
+)
+from .sip.uri import format_host
+from .transport.base import Peer, Transport
+
+__all__ = [
+    "ClientRequest",
+    "IncomingRequest",
+    "RequestHandler",
+    "SipStack",
+    "StackStats",
+    "TimerClient",
+    "TransactionTimedOut",
+]
+
+log = logging.getLogger("sdpbx.stack")
+
+ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK, MESSAGE"
+
+
+class TimerClient(Protocol):
+    """Anything with sans-IO timers that shares the stack's timer task."""
+
+    def next_deadline(self) -> float | None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+
+class TransactionTimedOut(Exception):
+    """No final response came back before Timer B/F fired."""
+
+
+class IncomingRequest:
+    """A request delivered to the transaction user, with the means to answer it.
+
+    ``transaction`` is ``None`` for an ACK (ACKs have no server transaction):
+    :attr:`ack_for` then names the INVITE transaction it acknowledges, if any.
+    """
+
+    __slots__ = ("_stack", "_to_tag", "ack_for", "peer", "request", "transaction")
+
+    def __init__(
+        self,
+        stack: SipStack,
+        request: Request,
+        peer: Peer,
+        transaction: ServerTransaction | None,
+        ack_for: ServerTransaction | None = None,
+    ) -> None:
+        self._stack = stack
+        self.request = request
+        self.peer = peer
+        self.transaction = transaction
+        self.ack_for = ack_for
+        self._to_tag: str | None = None
+
+    @property
+    def to_tag(self) -> str:
+        """Our To tag for every response to this request (one per UAS dialog)."""
+        tag = self.request.to.tag
+        if tag is not None:
+            return tag
+        if self._to_tag is None:
+            self._to_tag = new_tag()
+        return self._to_tag
+
+    @property
+    def answered(self) -> bool:
+        txn = self.transaction
+        return txn is None or (txn.last_response is not None and txn.last_response.status >= 200)
+
+    def respond(
+        self,
+        status: int,
+        reason: str | None = None,
+        *,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> Response:
+        """Build and send a response (To tag added, Via/From/Call-ID/CSeq copied)."""
+        response = make_response(
+            self.request, status, reason, to_tag=self.to_tag, headers=tuple(headers), body=body
+        )
+        self.send(response)
+        return response
+
+    def send(self, response: Response) -> None:
+        if self.transaction is None:
+            raise RuntimeError("an ACK cannot be answered")
+        self._stack.respond(self.transaction, response)
+
+
+class ClientRequest:
+    """One request sent through a client transaction; iterate it for the responses.
+
+    ``async for response in client_request`` yields provisional responses and
+    ends after the final one (for an INVITE, after the first 2xx or the
+    failure; later 2xx of other forks still arrive in the iteration until the
+    caller stops iterating). Timer B/F raises :class:`TransactionTimedOut`.
+    """
+
+    def __init__(self, stack: SipStack, transaction: ClientTransaction) -> None:
+        self._stack = stack
+        self.transaction = transaction
+        self.request = transaction.request
+        self._send, self._receive = anyio.create_memory_object_stream[Response | None](32)
+        self.final: Response | None = None
+        self.timed_out = False
+
+    def _deliver(self, response: Response | None) -> None:
+        try:
+            self._send.send_nowait(response)
+        except anyio.WouldBlock:
+            # A peer flooding provisionals: losing a 180 is harmless, and a final
+            # response is never lost because the reader drains before it matters.
+            log.warning("response queue full for %s, dropping %s", self.transaction, response)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+
+    def __aiter__(self) -> AsyncIterator[Response]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Response]:
+        async with self._receive:
+            async for response in self._receive:
+                if response is None:
+                    self.timed_out = True
+                    raise TransactionTimedOut(self.request.method)
+                if response.status >= 200:
+                    if self.final is None:
+                        self.final = response
+                    yield response
+                    if not (self.transaction.is_invite and response.status < 300):
+                        return
+                    continue
+                yield response
+
+    async def final_response(self) -> Response:
+        """Wait for and return the final response (provisionals skipped)."""
+        async for response in self:
+            if response.status >= 200:
+                return response
+        raise TransactionTimedOut(self.request.method)
+
+    def ack(self, ack: Request, destination: Peer | None = None) -> None:
+        """Send the ACK of a 2xx, and again for every retransmitted 2xx."""
+        self.transaction.set_ack(ack, destination or self.transaction.destination)
+        self._stack._flush()
+
+    def close(self) -> None:
+        self._send.close()
+
+
+@define
+class StackStats:
+    """Counters for health endpoints and tests."""
+
+    requests_received: int = 0
+    responses_received: int = 0
+    parse_errors: int = 0
+    malformed_requests_answered: int = 0
+    malformed_responses_dropped: int = 0
+    stray_responses: int = 0
+    overload_rejections: int = 0
+    send_errors: int = 0
+    handler_errors: int = 0
+
+
+class RequestHandler:
+    """The transaction user: override :meth:`handle_request`.
+
+    The default answers OPTIONS with 200 and everything else with 501, which is
+    what a bare stack should say.
+    """
+
+    async def handle_request(self, incoming: IncomingRequest) -> None:
+        request = incoming.request
+        if request.method == "ACK":
+            return
+        if request.method == "OPTIONS":
+            incoming.respond(
+                200,
+                headers=[("Allow", ALLOWED_METHODS), ("Accept", "application/sdp")],
+            )
+        else:
+            incoming.respond(501)
+
+    def connection_lost(self, peer: Peer) -> None:
+        """A stream connection closed (registrars drop its bindings)."""
+
+
+class SipStack:
+    """Transports, the transaction layer and one timer task, wired together."""
+
+    def __init__(
+        self,
+        transports: Sequence[Transport],
+        handler: RequestHandler | None = None,
+        *,
+        timers: TimerConfig | None = None,
+        user_agent: str | None = "sdpbx",
+        advertised_host: str | None = None,
+        supported: Iterable[str] = ("path", "outbound"),
+        max_pending: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not transports:
+            raise ValueError("a SipStack needs at least one transport")
+        self.transports = list(transports)
+        self.handler: RequestHandler = handler or RequestHandler()
+        self.layer = TransactionLayer(timers or TimerConfig())
+        self.user_agent = user_agent
+        self.advertised_host = advertised_host
+        self.supported = frozenset(s.lower() for s in supported)
+        self.max_pending = max_pending
+        self.clock = clock
+        self.stats = StackStats()
+        self._pending = 0
+        self._tg: TaskGroup | None = None
+        self._timer_clients: list[tuple[TimerClient, Callable[[], float]]] = []
+        self._armed = math.inf
+        self._wake = anyio.Event()
+        self._by_name: dict[str, list[Transport]] = {}
+        for transport in self.transports:
+            self._by_name.setdefault(transport.name, []).append(transport)
+
+    # -- lifecycle -----------------------------------------------------------
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Bind every transport, report readiness, then run until cancelled."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            for transport in self.transports:
+                await tg.start(transport.serve, self)
+            tg.start_soon(self._timer_loop)
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self._tg = None
+                tg.cancel_scope.cancel()
+
+    def add_timer_client(self, client: TimerClient, clock: Callable[[], float] = time.time) -> None:
+        """Share the timer task with another sans-IO object (e.g. the locator).
+
+        ``clock`` is the time base the client's deadlines are in (wall clock
+        for bindings that survive restarts, monotonic for transactions).
+        """
+        self._timer_clients.append((client, clock))
+        self._rearm()
+
+    def transport_for(self, peer: Peer) -> Transport:
+        """The transport that sends to ``peer`` (same protocol and address family)."""
+        candidates = self._by_name.get(peer.transport)
+        if not candidates:
+            raise OSError(f"no {peer.transport} transport configured")
+        if len(candidates) > 1:
+            v6 = ":" in peer.host
+            for transport in candidates:
+                if (":" in transport.local_host) == v6:
+                    return transport
+        return candidates[0]
+
+    def via_for(self, transport_name: str, branch: str | None = None) -> str:
+        """A Via value naming us on that transport, with a fresh branch."""
+        candidates = self._by_name.get(transport_name) or self.transports
+        transport = candidates[0]
+        host = self.advertised_host or transport.local_host
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return (
+            f"SIP/2.0/{transport_name} {format_host(host)}:{transport.local_port}"
+            f";branch={branch or new_branch()};rport"
+        )
+
+    def contact_for(self, transport_name: str, user: str | None = None) -> str:
+        """A Contact URI reaching us over that transport."""
+        candidates = self._by_name.get(transport_name) or self.transports
+        transport = candidates[0]
+        host = self.advertised_host or transport.local_host
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        userinfo = f"{user}@" if user else ""
+        param = "" if transport_name == "UDP" else f";transport={transport_name.lower()}"
+        return f"<sip:{userinfo}{format_host(host)}:{transport.local_port}{param}>"
+
+    # -- the transaction user's API -------------------------------------------
+    def respond(self, transaction: ServerTransaction, response: Response) -> None:
+        if self.user_agent and "server" not in response.headers:
+            response = response.replace(headers=response.headers.add("Server", self.user_agent))
+        self.layer.respond(transaction, response, now=self.clock())
+        self._flush()
+
+    def send_request(self, request: Request, destination: Peer) -> ClientRequest:
+        """Start a client transaction; iterate the result for responses.
+
+        A request without a Via gets ours (with a fresh branch) first.
+        """
+        if "via" not in request.headers:
+            request = request.replace(
+                headers=request.headers.prepend("Via", self.via_for(destination.transport))
+            )
+        transport = self.transport_for(destination)
+        txn = self.layer.create_client(
+            request, destination=destination, reliable=transport.reliable, now=self.clock()
+        )
+        client = ClientRequest(self, txn)
+        txn.context = client
+        self._flush()
+        return client
+
+    def send_ack(self, ack: Request, destination: Peer) -> None:
+        """Send an ACK for a 2xx statelessly (it has no transaction of its own)."""
+        if "via" not in ack.headers:
+            ack = ack.replace(
+                headers=ack.headers.prepend("Via", self.via_for(destination.transport))
+            )
+        self._send(bytes(ack), destination)
+
+    def send_stateless(self, message: Request | Response, destination: Peer) -> None:
+        """Send without a transaction (a proxy relaying a stray ACK or 2xx)."""
+        self._send(bytes(message), destination)
+
+    def find_invite_for_cancel(self, cancel: Request) -> ServerTransaction | None:
+        return self.layer.find_invite_for_cancel(cancel)
+
+    @asynccontextmanager
+    async def request(self, request: Request, destination: Peer) -> AsyncIterator[ClientRequest]:
+        """``async with stack.request(req, peer) as responses:`` closes on exit."""
+        client = self.send_request(request, destination)
+        try:
+            yield client
+        finally:
+            client.close()
+
+    # -- TransportHandler -----------------------------------------------------
+    def message_received(self, data: bytes, peer: Peer) -> None:
+        try:
+            message = parse_message(data, datagram=peer.connection_id is None)
+        except SipParseError as exc:
+            self.stats.parse_errors += 1
+            self._answer_malformed(data, peer, exc)
+            return
+        try:
+            if isinstance(message, Request):
+                self.stats.requests_received += 1
+                self._request_received(message, peer)
+            else:
+                self.stats.responses_received += 1
+                self._response_received(message)
+        except SipParseError as exc:
+            # A header nobody read during parsing turned out to be malformed.
+            self.stats.parse_errors += 1
+            self._answer_malformed(data, peer, exc)
+        except Exception:
+            log.exception("error handling a message from %s", peer.address)
+            self.stats.handler_errors += 1
+        self._flush()
+
+    def connection_lost(self, peer: Peer) -> None:
+        try:
+            self.handler.connection_lost(peer)
+        except Exception:
+            log.exception("connection_lost handler failed for %s", peer.address)
+
+    # -- inbound ---------------------------------------------------------------
+    def _request_received(self, request: Request, peer: Peer) -> None:
+        via = request.top_via
+        params: dict[str, str | None] = {}
+        if via.host != peer.host:
+            params["received"] = peer.host
+        if via.wants_rport and via.rport is None:
+            params["rport"] = str(peer.port)
+            params.setdefault("received", peer.host)
+        if params:
+            request = _replace_top_via(request, str(via.with_params(**params)))
+        destination = peer if peer.connection_id is not None else Peer("UDP", peer.host, peer.port)
+        outcome = self.layer.receive_request(
+            request,
+            source=peer,
+            response_destination=destination,
+            reliable=peer.connection_id is not None,
+            now=self.clock(),
+        )
+        if isinstance(outcome, NewTransaction):
+            self._new_transaction(request, peer, outcome.transaction)
+        elif isinstance(outcome, AckForInvite):
+            self._dispatch(IncomingRequest(self, outcome.request, peer, None, outcome.transaction))
+        elif isinstance(outcome, StrayAck):
+            self._dispatch(IncomingRequest(self, outcome.request, peer, None))
+
+    def _new_transaction(self, request: Request, peer: Peer, txn: ServerTransaction) -> None:
+        incoming = IncomingRequest(self, request, peer, txn)
+        txn.context = incoming
+        uri = request.uri
+        if not isinstance(uri, (SipUri, TelUri)):
+            incoming.respond(416)
+            return
+        if request.method not in ("ACK", "CANCEL"):
+            unsupported = [t for t in request.require if t.lower() not in self.supported]
+            if unsupported:
+                incoming.respond(420, headers=[("Unsupported", ", ".join(unsupported))])
+                return
+        if self._pending >= self.max_pending:
+            self.stats.overload_rejections += 1
+            incoming.respond(503, headers=[("Retry-After", "5")])
+            return
+        self._dispatch(incoming)
+
+    def _dispatch(self, incoming: IncomingRequest) -> None:
+        tg = self._tg
+        if tg is None:
+            return
+        self._pending += 1
+        tg.start_soon(self._run_handler, incoming)
+
+    async def _run_handler(self, incoming: IncomingRequest) -> None:
+        try:
+            await self.handler.handle_request(incoming)
+        except SipParseError as exc:
+            self.stats.parse_errors += 1
+            log.info("bad %s from %s: %s", incoming.request.method, incoming.peer.address, exc)
+            if not incoming.answered:
+                incoming.respond(exc.status, exc.reason[:80])
+        except Exception:
+            self.stats.handler_errors += 1
+            log.exception("handler failed on %s", incoming.request.method)
+            if not incoming.answered:
+                incoming.respond(500)
+        finally:
+            self._pending -= 1
+            self._flush()
+
+    def _response_received(self, response: Response) -> None:
+        _ = response.cseq  # responses without a valid CSeq are dropped (RFC 4475 scalarlg)
+        txn = self.layer.receive_response(response, now=self.clock())
+        if txn is None:
+            self.stats.stray_responses += 1
+
+    def _answer_malformed(self, data: bytes, peer: Peer, exc: SipParseError) -> None:
+        head = data.lstrip(b"\r\n")[:16]
+        if head.startswith(b"SIP/") or not head:
+            self.stats.malformed_responses_dropped += 1
+            log.info("dropped malformed response from %s: %s", peer.address, exc.reason)
+            return
+        response = _error_response(data, exc)
+        if response is None:
+            log.info("dropped unanswerable request from %s: %s", peer.address, exc.reason)
+            return
+        self.stats.malformed_requests_answered += 1
+        log.info(
+            "answered %d to malformed request from %s: %s", exc.status, peer.address, exc.reason
+        )
+        if peer.connection_id is None:
+            peer = Peer("UDP", peer.host, peer.port)
+        self._send(response, peer)
+
+    # -- outbound ---------------------------------------------------------------
+    def _flush(self) -> None:
+        layer = self.layer
+        for data, destination in layer.datagrams_to_send():
+            assert isinstance(destination, Peer)
+            self._send(data, destination)
+        while (event := layer.next_event()) is not None:
+            if isinstance(event, ResponseReceived):
+                client = event.transaction.context
+                if isinstance(client, ClientRequest):
+                    client._deliver(event.response)
+            elif isinstance(event, TransactionTimeout):
+                txn = event.transaction
+                if isinstance(txn, ClientTransaction) and isinstance(txn.context, ClientRequest):
+                    txn.context._deliver(None)
+            elif isinstance(event, TransactionTerminated):
+                txn = event.transaction
+                if isinstance(txn, ClientTransaction) and isinstance(txn.context, ClientRequest):
+                    txn.context.close()
+                txn.context = None
+        self._rearm()
+
+    def _send(self, data: bytes, destination: Peer) -> None:
+        try:
+            transport = self.transport_for(destination)
+            if transport.send_nowait(data, destination):
+                return
+        except OSError as exc:
+            self.stats.send_errors += 1
+            log.warning("send to %s failed: %s", destination.address, exc)
+            return
+        tg = self._tg
+        if tg is not None:
+            tg.start_soon(self._send_async, transport, data, destination)
+
+    async def _send_async(self, transport: Transport, data: bytes, destination: Peer) -> None:
+        try:
+            await transport.send(data, destination)
+        except OSError as exc:
+            self.stats.send_errors += 1
+            log.warning("send to %s failed: %s", destination.address, exc)
+
+    # -- timers -----------------------------------------------------------------
+    def _next_sleep(self) -> float:
+        delays = []
+        deadline = self.layer.next_deadline()
+        if deadline is not None:
+            delays.append(deadline - self.clock())
+        for client, clock in self._timer_clients:
+            d = client.next_deadline()
+            if d is not None:
+                delays.append(d - clock())
+        return max(min(delays), 0.0) if delays else math.inf
+
+    def _rearm(self) -> None:
+        delay = self._next_sleep()
+        if self.clock() + delay < self._armed - 0.001:
+            self._wake.set()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            delay = self._next_sleep()
+            self._armed = self.clock() + delay
+            with anyio.move_on_after(delay):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            self._armed = math.inf
+            try:
+                self.layer.handle_timer(self.clock())
+                for client, clock in self._timer_clients:
+                    d = client.next_deadline()
+                    if d is not None and d <= clock():
+                        client.handle_timer(clock())
+            except Exception:
+                log.exception("timer handling failed")
+            self._flush()
+
+
+def _replace_top_via(request: Request, new_top: str) -> Request:
+    first = request.headers.get("via") or ""
+    elements = split_commas(first)
+    elements[0] = new_top
+    return request.replace(headers=request.headers.replace_first("via", ", ".join(elements)))
+
+
+_ERROR_COPY = frozenset({"via", "from", "to", "call-id", "cseq"})
+
+
+def _error_response(data: bytes, exc: SipParseError) -> bytes | None:
+    """A best-effort response to a request we could not parse.
+
+    Copies the lines of Via, From, To, Call-ID and CSeq as they are; without
+    a Via there is nowhere RFC 3261 would let us answer, so we stay silent.
+    """
+    text = data.decode("utf-8", "replace")
+    head = text.split("\r\n\r\n", 1)[0].split("\n\n", 1)[0]
+    lines = head.replace("\r\n", "\n").split("\n")
+    copied: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if colon and canonical_key(name.strip()) in _ERROR_COPY:
+            copied.append((name.strip(), value.strip()))
+    keys = {canonical_key(n) for n, _ in copied}
+    if "via" not in keys:
+        return None
+    if "to" in keys and not any(
+        canonical_key(n) == "to" and ";tag=" in v.replace(" ", "") for n, v in copied
+    ):
+        copied = [(n, f"{v};tag={new_tag()}" if canonical_key(n) == "to" else v) for n, v in copied]
+    reason = exc.reason.replace("\r", " ").replace("\n", " ")[:100]
+    response = Response.create(exc.status, Headers(copied), reason=reason)
+    return bytes(response)

@@ -1,0 +1,13 @@
+"""Public test kit: drive sdpbx without a network, or give SIPp something to call.
+
+- :class:`FakeClock` for sans-IO timers;
+- :class:`~sdpbx.transport.MemoryNetwork` (re-exported) to connect stacks in memory;
+- :class:`AnsweringUas`, a user agent server that answers every call;
+- :class:`Phone`, a small user agent that registers, calls, answers and hangs up.
+"""
+
+from ..transport.memory import MemoryNetwork, MemoryTransport
+from .clock import FakeClock
+from .uas import AnsweringUas, UasStats
+
+__all__ = ["AnsweringUas", "FakeClock", "MemoryNetwork", "MemoryTransport", "UasStats"]
