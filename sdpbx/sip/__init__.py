@@ -5,7 +5,9 @@ events go in (with the current time as an argument), bytes and events come
 out; the I/O layers in :mod:`sdpbx.transport` and :mod:`sdpbx.stack` drive it.
 """
 
+from .dialog import Dialog, DialogId, DialogState, dialog_id_for_request, dialog_id_for_response
 from .errors import LocalProtocolError, SipError, SipParseError
+from .framing import StreamFramer
 from .fields import CSeq, NameAddr, Via, parse_header_params
 from .headers import Headers, canonical_key, split_commas
 from .ids import new_branch, new_call_id, new_tag
@@ -16,6 +18,9 @@ from .uri import AbsoluteUri, SipUri, TelUri, Uri, parse_uri
 __all__ = [
     "AbsoluteUri",
     "CSeq",
+    "Dialog",
+    "DialogId",
+    "DialogState",
     "Headers",
     "LocalProtocolError",
     "Message",
@@ -28,7 +33,10 @@ __all__ = [
     "TelUri",
     "Uri",
     "Via",
+    "StreamFramer",
     "canonical_key",
+    "dialog_id_for_request",
+    "dialog_id_for_response",
     "make_response",
     "new_branch",
     "new_call_id",
