@@ -141,8 +141,11 @@ class IncomingRequest:
         body: bytes = b"",
     ) -> Response:
         """Build and send a response (To tag added, Via/From/Call-ID/CSeq copied)."""
+        extra = list(headers)
+        if self._stack.user_agent:
+            extra.append(("Server", self._stack.user_agent))
         response = make_response(
-            self.request, status, reason, to_tag=self.to_tag, headers=tuple(headers), body=body
+            self.request, status, reason, to_tag=self.to_tag, headers=extra, body=body
         )
         self.send(response)
         return response
@@ -265,6 +268,7 @@ class SipStack:
         advertised_host: str | None = None,
         supported: Iterable[str] = ("path", "outbound"),
         max_pending: int = 10_000,
+        max_workers: int = 2_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not transports:
@@ -276,12 +280,23 @@ class SipStack:
         self.advertised_host = advertised_host
         self.supported = frozenset(s.lower() for s in supported)
         self.max_pending = max_pending
+        self.max_workers = max_workers
         self.clock = clock
         self.stats = StackStats()
         self._pending = 0
+        # Requests wait in a bounded queue for a pool of worker tasks that
+        # grows on demand (up to max_workers) and then stays: a steady load
+        # creates no task per request, and a handler that awaits a slow
+        # webhook holds up only its own worker.
+        self._work_send, self._work_receive = anyio.create_memory_object_stream[IncomingRequest](
+            max_pending
+        )
+        self._workers = 0
+        self._idle = 0
+        self._queued = 0
         self._tg: TaskGroup | None = None
         self._timer_clients: list[tuple[TimerClient, Callable[[], float]]] = []
-        self._armed = math.inf
+        self._armed = -math.inf  # the timer task is not waiting yet
         self._wake = anyio.Event()
         self._by_name: dict[str, list[Transport]] = {}
         for transport in self.transports:
@@ -301,6 +316,8 @@ class SipStack:
             finally:
                 self._tg = None
                 tg.cancel_scope.cancel()
+                self._work_send.close()
+                self._work_receive.close()
 
     def add_timer_client(self, client: TimerClient, clock: Callable[[], float] = time.time) -> None:
         """Share the timer task with another sans-IO object (e.g. the locator).
@@ -348,8 +365,6 @@ class SipStack:
 
     # -- the transaction user's API -------------------------------------------
     def respond(self, transaction: ServerTransaction, response: Response) -> None:
-        if self.user_agent and "server" not in response.headers:
-            response = response.replace(headers=response.headers.add("Server", self.user_agent))
         self.layer.respond(transaction, response, now=self.clock())
         self._flush()
 
@@ -473,8 +488,31 @@ class SipStack:
         tg = self._tg
         if tg is None:
             return
+        try:
+            self._work_send.send_nowait(incoming)
+        except anyio.WouldBlock:
+            self.stats.overload_rejections += 1
+            if incoming.transaction is not None:
+                incoming.respond(503, headers=[("Retry-After", "5")])
+            return
         self._pending += 1
-        tg.start_soon(self._run_handler, incoming)
+        self._queued += 1
+        if self._queued > self._idle and self._workers < self.max_workers:
+            tg.start_soon(self._worker)
+
+    async def _worker(self) -> None:
+        self._workers += 1
+        try:
+            while True:
+                self._idle += 1
+                try:
+                    incoming = await self._work_receive.receive()
+                finally:
+                    self._idle -= 1
+                self._queued -= 1
+                await self._run_handler(incoming)
+        finally:
+            self._workers -= 1
 
     async def _run_handler(self, incoming: IncomingRequest) -> None:
         try:
@@ -578,12 +616,14 @@ class SipStack:
 
     async def _timer_loop(self) -> None:
         while True:
+            self._wake = anyio.Event()
             delay = self._next_sleep()
             self._armed = self.clock() + delay
             with anyio.move_on_after(delay):
                 await self._wake.wait()
-            self._wake = anyio.Event()
-            self._armed = math.inf
+            # While the timers run, _rearm() must not wake us: we recompute
+            # the deadline at the top of the loop anyway.
+            self._armed = -math.inf
             try:
                 self.layer.handle_timer(self.clock())
                 for client, clock in self._timer_clients:

@@ -83,10 +83,18 @@ _PRETTY: dict[str, str] = {
 }
 
 
+_KEY_CACHE: dict[str, str] = {}
+
+
 def canonical_key(name: str) -> str:
     """The lookup key of a header name: lower-case, compact forms expanded."""
-    key = name.lower()
-    return COMPACT_FORMS.get(key, key)
+    key = _KEY_CACHE.get(name)
+    if key is None:
+        key = name.lower()
+        key = COMPACT_FORMS.get(key, key)
+        if len(_KEY_CACHE) < 4096:  # bounded: hostile traffic cannot grow it
+            _KEY_CACHE[name] = key
+    return key
 
 
 def pretty_name(key: str) -> str:
@@ -153,8 +161,14 @@ class Headers:
         index = self._index
         if index is None:
             index = {}
+            key_of = _KEY_CACHE.get
             for i, (name, _) in enumerate(self._items):
-                index.setdefault(canonical_key(name), []).append(i)
+                key = key_of(name) or canonical_key(name)
+                positions = index.get(key)
+                if positions is None:
+                    index[key] = [i]
+                else:
+                    positions.append(i)
             self._index = index
         return index
 

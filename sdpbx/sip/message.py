@@ -381,7 +381,7 @@ class Response(Message):
         return hash((self.status, self.headers, self.body))
 
 
-_COPY_TO_RESPONSE = ("via", "from", "call-id", "cseq")
+_COPY_TO_RESPONSE = frozenset(("via", "from", "call-id", "cseq"))
 
 
 def make_response(
@@ -398,9 +398,10 @@ def make_response(
     Via, From, Call-ID and CSeq are copied verbatim (Via lines in order),
     To is copied and gets ``to_tag`` unless it already has a tag, and
     Record-Route is copied into dialog-creating 1xx/2xx responses
-    (§12.1.1). ``headers`` are appended after those.
+    (§12.1.1). ``headers`` are appended after those, then Content-Length.
     """
     out: list[tuple[str, str]] = []
+    copy_rr = 100 < status < 300
     for name, value in request.headers:
         key = canonical_key(name)
         if key in _COPY_TO_RESPONSE:
@@ -409,10 +410,12 @@ def make_response(
             if to_tag is not None and status != 100 and request.to.tag is None:
                 value = f"{value};tag={to_tag}"
             out.append((name, value))
-        elif key == "record-route" and 100 < status < 300:
+        elif copy_rr and key == "record-route":
             out.append((name, value))
     out.extend(headers)
-    return Response.create(status, out, body, reason)
+    if not any(canonical_key(name) == "content-length" for name, _ in headers):
+        out.append(("Content-Length", str(len(body))))
+    return Response(status, reason_phrase(status) if reason is None else reason, Headers(out), body)
 
 
 # --------------------------------------------------------------------------

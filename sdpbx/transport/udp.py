@@ -10,6 +10,7 @@ to the synchronous handler, with no task, future or copy per datagram.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -35,6 +36,7 @@ _MAPPED_PREFIX = "::ffff:"
 
 
 @functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096)
 def _is_ip_literal(host: str) -> bool:
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
@@ -43,6 +45,14 @@ def _is_ip_literal(host: str) -> bool:
             continue
         return True
     return False
+
+
+def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop, if anyio runs on asyncio (not trio)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 # Linux only: like SO_RCVBUF/SO_SNDBUF but past net.core.[rw]mem_max, if privileged.
@@ -141,25 +151,41 @@ class UdpTransport:
         task_status.started()
         recvfrom = sock.recvfrom
         message_received = handler.message_received
+        bound = self._bound
+
+        def drain() -> None:
+            for _ in range(_BATCH):
+                try:
+                    data, addr = recvfrom(_MAX_DATAGRAM)
+                except BlockingIOError:
+                    return
+                except OSError as exc:
+                    # e.g. ECONNREFUSED reported by an ICMP error; the socket lives on.
+                    logger.debug("UDP receive error on %s: %s", bound, exc)
+                    continue
+                host: str = addr[0]
+                if host.startswith(_MAPPED_PREFIX):
+                    host = host[7:]
+                try:
+                    message_received(data, Peer("UDP", host, addr[1]))
+                except Exception:
+                    logger.exception("UDP handler failed on a datagram from %s", addr)
+
         try:
-            while True:
-                await anyio.wait_readable(sock)
-                for _ in range(_BATCH):
-                    try:
-                        data, addr = recvfrom(_MAX_DATAGRAM)
-                    except BlockingIOError:
-                        break
-                    except OSError as exc:
-                        # e.g. ECONNREFUSED reported by an ICMP error; the socket lives on.
-                        logger.debug("UDP receive error on %s: %s", self._bound, exc)
-                        continue
-                    host: str = addr[0]
-                    if host.startswith(_MAPPED_PREFIX):
-                        host = host[7:]
-                    try:
-                        message_received(data, Peer("UDP", host, addr[1]))
-                    except Exception:
-                        logger.exception("UDP handler failed on a datagram from %s", addr)
+            loop = _asyncio_loop()
+            if loop is not None:
+                # On asyncio, a reader callback that stays registered costs one
+                # epoll event per wake-up; anyio.wait_readable() would add and
+                # remove the reader (and build a future) for every wake-up.
+                loop.add_reader(sock.fileno(), drain)
+                try:
+                    await anyio.sleep_forever()
+                finally:
+                    loop.remove_reader(sock.fileno())
+            else:
+                while True:
+                    await anyio.wait_readable(sock)
+                    drain()
         finally:
             self._sock = None
             sock.close()
