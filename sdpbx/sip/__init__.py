@@ -7,8 +7,8 @@ out; the I/O layers in :mod:`sdpbx.transport` and :mod:`sdpbx.stack` drive it.
 
 from .dialog import Dialog, DialogId, DialogState, dialog_id_for_request, dialog_id_for_response
 from .errors import LocalProtocolError, SipError, SipParseError
-from .framing import StreamFramer
 from .fields import CSeq, NameAddr, Via, parse_header_params
+from .framing import StreamFramer
 from .headers import Headers, canonical_key, split_commas
 from .ids import new_branch, new_call_id, new_tag
 from .message import Message, Request, Response, make_response, parse_message

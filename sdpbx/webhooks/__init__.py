@@ -1,0 +1,15 @@
+"""Outbound webhooks: sdpbx calling the operator's web services over HTTP.
+
+Each client has a deadline and a defined outcome when the service is slow,
+down or answers nonsense, so no SIP transaction ever waits on it for long.
+"""
+
+from .locator import LocatorWebhook, locator_webhook_from_config, locator_webhook_payload
+from .user_backend import HttpUserBackend
+
+__all__ = [
+    "HttpUserBackend",
+    "LocatorWebhook",
+    "locator_webhook_from_config",
+    "locator_webhook_payload",
+]
