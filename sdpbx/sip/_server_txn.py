@@ -1,0 +1,289 @@
+"""The server half of the transaction layer: INVITE (§17.2.1) and non-INVITE (§17.2.2)."""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+from attrs import frozen
+
+from ._txn_core import (
+    ACCEPTED,
+    COMPLETED,
+    CONFIRMED,
+    PROCEEDING,
+    TERMINATED,
+    TRYING,
+    LayerCore,
+    Transaction,
+    TransactionTimeout,
+    _Entry,
+)
+from .errors import LocalProtocolError
+from .ids import BRANCH_COOKIE
+from .message import Request, Response, make_response
+
+
+class ServerTransaction(Transaction):
+    """A request we received, and the responses the TU gives it (§17.2)."""
+
+    __slots__ = ("_ack_keys", "_t_100", "_unacked", "response_destination", "source")
+
+    def __init__(
+        self,
+        layer: LayerCore,
+        key: tuple[Any, ...],
+        request: Request,
+        reliable: bool,
+        source: object,
+        response_destination: object,
+    ) -> None:
+        super().__init__(layer, key, request, reliable)
+        self.source = source
+        self.response_destination = response_destination
+        self._t_100: _Entry | None = None
+        #: Extra keys: in the ACK index (ACCEPTED) or the request index (RFC 2543 ACK).
+        self._ack_keys: list[tuple[Any, ...]] = []
+        #: ACCEPTED: the 2xx still waiting for their ACK, by To tag.
+        self._unacked: dict[str | None, Response] = {}
+
+    def _forget(self, core: LayerCore) -> None:
+        core._disarm(self._t_100)
+        self._t_100 = None
+        server = core._server
+        if server.get(self.key) is self:
+            del server[self.key]
+        acks = core._acks
+        for key in self._ack_keys:
+            if acks.get(key) is self:
+                del acks[key]
+            elif server.get(key) is self:
+                del server[key]
+        self._ack_keys.clear()
+        self._unacked.clear()
+        core._live_servers -= 1
+
+    def _fire(self, core: LayerCore, name: str, now: float) -> None:
+        timers = core.timers
+        if name == "100":
+            self._t_100 = None
+            trying = make_response(self.request, 100)
+            self.last_response = trying
+            core._out.append((bytes(trying), self.response_destination))
+        elif name == "G":
+            last = self.last_response
+            assert last is not None
+            core._out.append((bytes(last), self.response_destination))
+            self._interval = min(2 * self._interval, timers.t2)
+            self._t_retx = core._arm(self, "G", now + self._interval)
+        elif name == "2xx":
+            dest = self.response_destination
+            core._out.extend((bytes(r), dest) for r in self._unacked.values())
+            self._interval = min(2 * self._interval, timers.t2)
+            self._t_retx = core._arm(self, "2xx", now + self._interval)
+        elif name == "H" or (name == "L" and self._unacked):
+            self._t_end = None
+            core._events.append(TransactionTimeout(self))
+            core._terminate(self)
+        else:  # I, J, L after every ACK
+            self._t_end = None
+            core._terminate(self)
+
+
+@frozen(eq=False)
+class NewTransaction:
+    """A new request: the TU must answer it through :meth:`TransactionLayer.respond`."""
+
+    transaction: ServerTransaction
+
+
+@frozen
+class Retransmission:
+    """Absorbed by the layer (a retransmission, or the ACK of a non-2xx); nothing to do."""
+
+
+@frozen(eq=False)
+class AckForInvite:
+    """The ACK of a 2xx this INVITE server transaction sent (first copy per To tag only)."""
+
+    transaction: ServerTransaction
+    request: Request
+
+
+@frozen(eq=False)
+class StrayAck:
+    """An ACK that matches no transaction; a proxy forwards it, a UAS drops it."""
+
+    request: Request
+
+
+RequestOutcome: TypeAlias = NewTransaction | Retransmission | AckForInvite | StrayAck
+
+_ABSORBED = Retransmission()
+
+
+class ServerSide(LayerCore):
+    """The layer's server operations; :class:`~.transaction.TransactionLayer` mixes them in."""
+
+    def receive_request(
+        self,
+        request: Request,
+        *,
+        source: object,
+        response_destination: object,
+        reliable: bool,
+        now: float,
+    ) -> RequestOutcome:
+        """Match ``request`` to a server transaction or start one (§17.2.3)."""
+        top = request.top_via
+        method = request.method
+        branch = top.branch
+        key: tuple[Any, ...]
+        if branch is not None and len(branch) > 7 and branch.startswith(BRANCH_COOKIE):
+            key = (branch, top.sent_by.lower(), "INVITE" if method == "ACK" else method)
+        else:
+            key = self._key_2543(request, request.to.tag, method)
+        txn = self._server.get(key)
+        if method == "ACK":
+            return self._receive_ack(txn, request, now)
+        if txn is not None:
+            state = txn.state
+            last = txn.last_response
+            if last is not None and state is not CONFIRMED:
+                self._out.append((bytes(last), txn.response_destination))
+            return _ABSORBED
+        txn = ServerTransaction(self, key, request, reliable, source, response_destination)
+        self._server[key] = txn
+        self._live_servers += 1
+        if txn.is_invite:
+            txn.state = PROCEEDING
+            txn._t_100 = self._arm(txn, "100", now + self.timers.trying_delay)
+        else:
+            txn.state = TRYING
+        return NewTransaction(txn)
+
+    @staticmethod
+    def _key_2543(request: Request, to_tag: str | None, method: str) -> tuple[Any, ...]:
+        """§17.2.3 for peers without the magic cookie: compare the request's identity."""
+        return (
+            "2543",
+            str(request.uri),
+            to_tag,
+            request.from_.tag,
+            request.call_id,
+            request.cseq.number,
+            method,
+            str(request.top_via),
+        )
+
+    def _receive_ack(
+        self, txn: ServerTransaction | None, request: Request, now: float
+    ) -> RequestOutcome:
+        if txn is not None and txn.is_invite:
+            state = txn.state
+            if state is COMPLETED:
+                # The ACK of our non-2xx: stop G and H, absorb ACK copies for Timer I.
+                self._disarm(txn._t_retx)
+                self._disarm(txn._t_end)
+                txn._t_retx = None
+                txn.state = CONFIRMED
+                if txn.reliable:
+                    txn._t_end = None
+                    self._terminate(txn)
+                else:
+                    txn._t_end = self._arm(txn, "I", now + self.timers.timer_i)
+                return _ABSORBED
+            if state is CONFIRMED:
+                return _ABSORBED
+        ack_key = (request.call_id, request.cseq.number, request.from_.tag, request.to.tag)
+        invite = self._acks.get(ack_key)
+        if invite is None:
+            return StrayAck(request)
+        if invite._unacked.pop(ack_key[3], None) is None:
+            return _ABSORBED  # a copy of an ACK already reported
+        if not invite._unacked:
+            self._disarm(invite._t_retx)
+            invite._t_retx = None
+        return AckForInvite(invite, request)
+
+    def find_invite_for_cancel(self, cancel: Request) -> ServerTransaction | None:
+        """The INVITE server transaction a CANCEL cancels (§9.2), or None."""
+        top = cancel.top_via
+        branch = top.branch
+        key: tuple[Any, ...]
+        if branch is not None and len(branch) > 7 and branch.startswith(BRANCH_COOKIE):
+            key = (branch, top.sent_by.lower(), "INVITE")
+        else:
+            key = self._key_2543(cancel, cancel.to.tag, "INVITE")
+        txn = self._server.get(key)
+        return txn if txn is not None and txn.state is not TERMINATED else None
+
+    def respond(self, transaction: ServerTransaction, response: Response, *, now: float) -> None:
+        """Send the TU's response on ``transaction`` and move its machine (§17.2.1, §17.2.2)."""
+        txn = transaction
+        if txn._layer is not self:
+            raise LocalProtocolError("this transaction belongs to another layer")
+        status = response.status
+        if not 100 <= status <= 699:
+            raise LocalProtocolError(f"status {status} out of range")
+        if response.cseq.method != txn.method:
+            raise LocalProtocolError(f"a {response.cseq.method} response on a {txn.method}")
+        state = txn.state
+        timers = self.timers
+        if txn.is_invite:
+            if state is PROCEEDING:
+                self._disarm(txn._t_100)
+                txn._t_100 = None
+                txn.last_response = response
+                self._out.append((bytes(response), txn.response_destination))
+                if status < 200:
+                    return
+                if status < 300:
+                    txn.state = ACCEPTED
+                    txn._t_end = self._arm(txn, "L", now + timers.timer_l)
+                    self._accept_2xx(txn, response, now)
+                    return
+                txn.state = COMPLETED
+                if not txn.reliable:
+                    txn._interval = timers.t1
+                    txn._t_retx = self._arm(txn, "G", now + timers.t1)
+                txn._t_end = self._arm(txn, "H", now + timers.timer_h)
+                if len(txn.key) != 3:  # RFC 2543 peer: its ACK carries our To tag
+                    ack_key = self._key_2543(txn.request, response.to.tag, "ACK")
+                    self._server[ack_key] = txn
+                    txn._ack_keys.append(ack_key)
+                return
+            if state is ACCEPTED and 200 <= status < 300:
+                # RFC 6026 §7.1: further 2xx (a proxy relaying forks) go out too.
+                txn.last_response = response
+                self._out.append((bytes(response), txn.response_destination))
+                self._accept_2xx(txn, response, now)
+                return
+        elif state is TRYING or state is PROCEEDING:
+            txn.last_response = response
+            self._out.append((bytes(response), txn.response_destination))
+            if status < 200:
+                txn.state = PROCEEDING
+                return
+            txn.state = COMPLETED
+            if txn.reliable:
+                self._terminate(txn)
+            else:
+                txn._t_end = self._arm(txn, "J", now + timers.timer_j)
+            return
+        raise LocalProtocolError(f"cannot send {status} on {txn!r}")
+
+    def _accept_2xx(self, txn: ServerTransaction, response: Response, now: float) -> None:
+        tag = response.to.tag
+        if tag in txn._unacked:
+            txn._unacked[tag] = response
+            return
+        request = txn.request
+        ack_key = (request.call_id, request.cseq.number, request.from_.tag, tag)
+        if ack_key in self._acks:  # the same 2xx sent again by the TU: already indexed
+            return
+        self._acks[ack_key] = txn
+        txn._ack_keys.append(ack_key)
+        txn._unacked[tag] = response
+        if not txn.reliable and txn._t_retx is None:
+            txn._interval = self.timers.t1
+            txn._t_retx = self._arm(txn, "2xx", now + self.timers.t1)
