@@ -57,10 +57,31 @@ def run(rate: int, seconds: int, uvloop: bool, port: int = 5390) -> None:
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             out = subprocess.run(
-                ["sipp", "-sn", "uac", f"127.0.0.1:{port}", "-i", "127.0.0.1", "-p", "5391",
-                 "-m", str(calls), "-r", str(rate), "-l", str(rate * 3), "-nostdin",
-                 "-buff_size", "4194304", "-recv_timeout", "10000"],
-                capture_output=True, text=True, cwd=tmp, check=False,
+                [
+                    "sipp",
+                    "-sn",
+                    "uac",
+                    f"127.0.0.1:{port}",
+                    "-i",
+                    "127.0.0.1",
+                    "-p",
+                    "5391",
+                    "-m",
+                    str(calls),
+                    "-r",
+                    str(rate),
+                    "-l",
+                    str(rate * 3),
+                    "-nostdin",
+                    "-buff_size",
+                    "4194304",
+                    "-recv_timeout",
+                    "10000",
+                ],
+                capture_output=True,
+                text=True,
+                cwd=tmp,
+                check=False,
             ).stdout
         wall = time.perf_counter() - t0
         cpu = cpu_seconds(server.pid) - cpu0
@@ -87,7 +108,6 @@ if __name__ == "__main__":
     if args.serve:
         serve(args.serve, args.uvloop)
     else:
-        print(f"sdpbx minimal UAS over UDP, Python {sys.version.split()[0]}, "
-              f"uvloop={args.uvloop}")
+        print(f"sdpbx minimal UAS over UDP, Python {sys.version.split()[0]}, uvloop={args.uvloop}")
         for r in args.rates.split(","):
             run(int(r), args.seconds, args.uvloop)

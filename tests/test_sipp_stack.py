@@ -6,12 +6,11 @@ from pathlib import Path
 
 import anyio
 import pytest
+from helpers.sipp import free_port, run_sipp
 
 from sdpbx.stack import SipStack
 from sdpbx.testing import AnsweringUas
 from sdpbx.transport import TcpTransport, UdpTransport
-
-from helpers.sipp import free_port, run_sipp
 
 pytestmark = pytest.mark.anyio
 
@@ -28,8 +27,22 @@ async def test_sipp_uac_calls_minimal_uas(sipp: str, tmp_path: Path, transport: 
         await tg.start(stack.serve)
         result = await run_sipp(
             sipp,
-            ["-sn", "uac", f"127.0.0.1:{port}", "-i", "127.0.0.1", "-p", str(free_port()),
-             "-m", "500", "-r", "200", "-recv_timeout", "5000", *mode],
+            [
+                "-sn",
+                "uac",
+                f"127.0.0.1:{port}",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(free_port()),
+                "-m",
+                "500",
+                "-r",
+                "200",
+                "-recv_timeout",
+                "5000",
+                *mode,
+            ],
             cwd=tmp_path,
         )
         tg.cancel_scope.cancel()
@@ -61,8 +74,19 @@ async def test_sipp_options_and_garbage(sipp: str, tmp_path: Path) -> None:
         scenario.write_text(OPTIONS_SCENARIO)
         result = await run_sipp(
             sipp,
-            ["-sf", str(scenario), f"127.0.0.1:{port}", "-i", "127.0.0.1",
-             "-p", str(free_port()), "-m", "20", "-r", "50"],
+            [
+                "-sf",
+                str(scenario),
+                f"127.0.0.1:{port}",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(free_port()),
+                "-m",
+                "20",
+                "-r",
+                "50",
+            ],
             cwd=tmp_path,
         )
         tg.cancel_scope.cancel()

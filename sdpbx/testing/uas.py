@@ -32,8 +32,14 @@ class UasStats:
 class AnsweringUas(RequestHandler):
     """Answers INVITEs at once (``ring=False``) or after a 180 (``ring=True``)."""
 
-    def __init__(self, *, ring: bool = True, media_host: str = "127.0.0.1",
-                 media_port: int = 6000, contact: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        ring: bool = True,
+        media_host: str = "127.0.0.1",
+        media_port: int = 6000,
+        contact: str | None = None,
+    ) -> None:
         self.ring = ring
         self.stats = UasStats()
         self.contact = contact
