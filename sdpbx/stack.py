@@ -100,7 +100,7 @@ class IncomingRequest:
     :attr:`ack_for` then names the INVITE transaction it acknowledges, if any.
     """
 
-    __slots__ = ("_stack", "_to_tag", "ack_for", "peer", "request", "transaction")
+    __slots__ = ("_stack", "_to_tag", "ack_for", "owner", "peer", "request", "transaction")
 
     def __init__(
         self,
@@ -116,6 +116,8 @@ class IncomingRequest:
         self.transaction = transaction
         self.ack_for = ack_for
         self._to_tag: str | None = None
+        #: Free for the transaction user (the proxy keeps the call here).
+        self.owner: object | None = None
 
     @property
     def to_tag(self) -> str:
@@ -160,9 +162,9 @@ class ClientRequest:
     """One request sent through a client transaction; iterate it for the responses.
 
     ``async for response in client_request`` yields provisional responses and
-    ends after the final one (for an INVITE, after the first 2xx or the
-    failure; later 2xx of other forks still arrive in the iteration until the
-    caller stops iterating). Timer B/F raises :class:`TransactionTimedOut`.
+    ends after the final one; :meth:`next_response` goes on from there (a 2xx
+    of another downstream fork, or the 487 after a CANCEL). Timer B/F raises
+    :class:`TransactionTimedOut`. The stream closes when the transaction ends.
     """
 
     def __init__(self, stack: SipStack, transaction: ClientTransaction) -> None:
@@ -186,27 +188,36 @@ class ClientRequest:
     def __aiter__(self) -> AsyncIterator[Response]:
         return self._iterate()
 
+    async def next_response(self) -> Response:
+        """The next response; raises :class:`TransactionTimedOut` on Timer B/F.
+
+        Unlike iteration, this can be called again after the caller was
+        interrupted, e.g. to collect the 487 (or a late 2xx) after a CANCEL.
+        """
+        try:
+            response = await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise TransactionTimedOut(self.request.method) from None
+        if response is None:
+            self.timed_out = True
+            raise TransactionTimedOut(self.request.method)
+        if response.status >= 200 and self.final is None:
+            self.final = response
+        return response
+
     async def _iterate(self) -> AsyncIterator[Response]:
-        async with self._receive:
-            async for response in self._receive:
-                if response is None:
-                    self.timed_out = True
-                    raise TransactionTimedOut(self.request.method)
-                if response.status >= 200:
-                    if self.final is None:
-                        self.final = response
-                    yield response
-                    if not (self.transaction.is_invite and response.status < 300):
-                        return
-                    continue
-                yield response
+        while True:
+            response = await self.next_response()
+            yield response
+            if response.status >= 200:
+                return
 
     async def final_response(self) -> Response:
         """Wait for and return the final response (provisionals skipped)."""
-        async for response in self:
+        while True:
+            response = await self.next_response()
             if response.status >= 200:
                 return response
-        raise TransactionTimedOut(self.request.method)
 
     def ack(self, ack: Request, destination: Peer | None = None) -> None:
         """Send the ACK of a 2xx, and again for every retransmitted 2xx."""
@@ -215,6 +226,7 @@ class ClientRequest:
 
     def close(self) -> None:
         self._send.close()
+        self._receive.close()
 
 
 @define
@@ -291,6 +303,7 @@ class SipStack:
         self._work_send, self._work_receive = anyio.create_memory_object_stream[IncomingRequest](
             max_pending
         )
+        self._clients: set[ClientRequest] = set()
         self._workers = 0
         self._idle = 0
         self._queued = 0
@@ -318,6 +331,9 @@ class SipStack:
                 tg.cancel_scope.cancel()
                 self._work_send.close()
                 self._work_receive.close()
+                for client in self._clients:
+                    client.close()
+                self._clients.clear()
 
     def add_timer_client(self, client: TimerClient, clock: Callable[[], float] = time.time) -> None:
         """Share the timer task with another sans-IO object (e.g. the locator).
@@ -368,6 +384,10 @@ class SipStack:
         self.layer.respond(transaction, response, now=self.clock())
         self._flush()
 
+    def abandon(self, transaction: ServerTransaction) -> None:
+        """Leave a request unanswered for good (spam): retransmissions are absorbed."""
+        self.layer.abandon(transaction, now=self.clock())
+
     def send_request(self, request: Request, destination: Peer) -> ClientRequest:
         """Start a client transaction; iterate the result for responses.
 
@@ -383,6 +403,7 @@ class SipStack:
         )
         client = ClientRequest(self, txn)
         txn.context = client
+        self._clients.add(client)
         self._flush()
         return client
 
@@ -574,6 +595,7 @@ class SipStack:
                 txn = event.transaction
                 if isinstance(txn, ClientTransaction) and isinstance(txn.context, ClientRequest):
                     txn.context.close()
+                    self._clients.discard(txn.context)
                 txn.context = None
         self._rearm()
 

@@ -233,6 +233,8 @@ class ServerSide(LayerCore):
             if state is PROCEEDING:
                 self._disarm(txn._t_100)
                 txn._t_100 = None
+                self._disarm(txn._t_end)  # an abandon() changed its mind
+                txn._t_end = None
                 txn.last_response = response
                 self._out.append((bytes(response), txn.response_destination))
                 if status < 200:
@@ -259,6 +261,8 @@ class ServerSide(LayerCore):
                 self._accept_2xx(txn, response, now)
                 return
         elif state is TRYING or state is PROCEEDING:
+            self._disarm(txn._t_end)  # an abandon() changed its mind
+            txn._t_end = None
             txn.last_response = response
             self._out.append((bytes(response), txn.response_destination))
             if status < 200:
@@ -271,6 +275,20 @@ class ServerSide(LayerCore):
                 txn._t_end = self._arm(txn, "J", now + timers.timer_j)
             return
         raise LocalProtocolError(f"cannot send {status} on {txn!r}")
+
+    def abandon(self, transaction: ServerTransaction, *, now: float) -> None:
+        """Never answer ``transaction`` (a request judged to be spam).
+
+        The transaction stays for 64*T1 absorbing retransmissions in silence,
+        so the TU is not asked again, then ends without a response.
+        """
+        txn = transaction
+        if txn._layer is not self or (txn.state is not PROCEEDING and txn.state is not TRYING):
+            raise LocalProtocolError(f"cannot abandon {txn!r}")
+        self._disarm(txn._t_100)
+        txn._t_100 = None
+        self._disarm(txn._t_end)
+        txn._t_end = self._arm(txn, "J", now + self.timers.timer_j)
 
     def _accept_2xx(self, txn: ServerTransaction, response: Response, now: float) -> None:
         tag = response.to.tag

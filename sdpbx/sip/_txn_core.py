@@ -264,6 +264,8 @@ class LayerCore:
 
     def _terminate(self, txn: Transaction) -> None:
         """Forget ``txn`` everywhere at once: indexes, timers; then tell the TU."""
+        if txn.state is TERMINATED:  # a late timer of an already ended transaction
+            return
         txn.state = TERMINATED
         self._disarm(txn._t_retx)
         self._disarm(txn._t_end)

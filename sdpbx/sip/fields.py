@@ -23,6 +23,7 @@ _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 _TOKEN_SEQ = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+(?:[ \t]+[A-Za-z0-9\-.!%*_+`'~]+)*\Z")
 _PROTOCOL = re.compile(r"\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*", re.IGNORECASE)
 _VALUE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+\Z")
+_VIA_HOST = re.compile(r"[A-Za-z0-9\-._]+\Z")
 MAX_CSEQ = 2**31 - 1
 
 
@@ -146,7 +147,7 @@ class Via:
             host, _, port_text = sent_by.partition(":")
             host = host.strip()
             port_text = port_text.strip()
-            if not host or not all(c.isalnum() or c in "-._" for c in host):
+            if not _VIA_HOST.match(host):
                 raise SipParseError(f"malformed Via host {sent_by!r}")
         port: int | None = None
         if port_text:

@@ -1,0 +1,281 @@
+"""Proxy: the facade users import, a B2BUA PBX assembled from parts.
+
+``Proxy`` is the transaction user of a :class:`~sdpbx.stack.SipStack`. It
+drops what the ACL denies, answers REGISTER through the :class:`Registrar`,
+authenticates new INVITEs (407), asks the :class:`~sdpbx.routing.Router`
+where each call goes and bridges it as a :class:`~sdpbx.b2bua.call.Call`,
+and relays in-dialog requests between the legs of live calls::
+
+    from sdpbx import Proxy
+    from sdpbx.routing import RouteDecision, RouteRequest
+
+    async def route(request: RouteRequest) -> RouteDecision:
+        return RouteDecision.forward("sip:echo@127.0.0.1:5090")
+
+    proxy = Proxy.from_parts(stack, router=route)
+    async with anyio.create_task_group() as tg:
+        await tg.start(proxy.serve)
+
+Nothing slow runs inside SIP handling: 100 Trying goes out before the
+router is awaited, and every call runs in its own task owned by the proxy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from attrs import define
+
+from .authn import Authenticated, Authenticator, Drop, answer_refusal
+from .b2bua.call import Call, CallServices
+from .b2bua.events import CallState
+from .b2bua.leg import Leg
+from .b2bua.registry import CallRegistry
+from .config import AclRule
+from .locator import Locator
+from .media import MediaBackend, PassthroughMedia
+from .registrar import Registrar
+from .routing import (
+    RouteDecision,
+    Router,
+    RouteRequest,
+    as_router,
+    detect_direction,
+    direction_after_route,
+)
+from .routing.trunks import Trunk, TrunkLimiter
+from .sip import DialogId, SipUri, dialog_id_for_request
+from .stack import ALLOWED_METHODS, IncomingRequest, RequestHandler, SipStack
+from .transport.base import Peer
+
+__all__ = ["Proxy", "ProxyStats"]
+
+log = logging.getLogger("sdpbx.proxy")
+
+
+@define
+class ProxyStats:
+    acl_denied: int = 0
+    invites: int = 0
+    rejected_shutdown: int = 0
+    unknown_dialogs: int = 0
+
+
+class Proxy(RequestHandler):
+    """A registrar + B2BUA over one SipStack. Build with :meth:`from_parts`."""
+
+    def __init__(
+        self,
+        stack: SipStack,
+        router: Router,
+        *,
+        registrar: Registrar | None = None,
+        authenticator: Authenticator | None = None,
+        locator: Locator | None = None,
+        media: MediaBackend | None = None,
+        trunks: Mapping[str, Trunk] | None = None,
+        acl: Sequence[AclRule] = (),
+        ring_timeout: float = 60.0,
+        authenticate_invites: bool = True,
+        local_realms: Sequence[str] = (),
+        user_agent: str | None = "sdpbx",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.stack = stack
+        stack.handler = self
+        self.router = router
+        self.registrar = registrar
+        self.authenticator = authenticator
+        self.locator = locator or (registrar.locator if registrar else None)
+        self.media: MediaBackend = media or PassthroughMedia()
+        self.trunks: dict[str, Trunk] = dict(trunks or {})
+        self.limiter = TrunkLimiter(self.trunks) if self.trunks else None
+        self.acl = list(acl)
+        self.authenticate_invites = authenticate_invites
+        self.local_realms = tuple(r.lower() for r in local_realms)
+        self.calls = CallRegistry()
+        self.stats = ProxyStats()
+        self.clock = clock
+        self.started_at = clock()
+        self.accepting = True
+        self._tg: TaskGroup | None = None
+        self._dialogs: dict[DialogId, tuple[Call, Leg]] = {}
+        self._services = CallServices(
+            stack=stack,
+            registry=self.calls,
+            media=self.media,
+            spawn=self._spawn,
+            dialogs=self._dialogs,
+            trunks=self.trunks,
+            limiter=self.limiter,
+            ring_timeout=ring_timeout,
+            user_agent=user_agent,
+            clock=clock,
+        )
+
+    @classmethod
+    def from_parts(
+        cls,
+        stack: SipStack,
+        *,
+        router: Router | Callable[[RouteRequest], Awaitable[RouteDecision]],
+        **kwargs: Any,
+    ) -> Proxy:
+        """Assemble from objects; ``router`` may be a plain async function."""
+        return cls(stack, as_router(router), **kwargs)
+
+    # -- lifecycle ------------------------------------------------------------------
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the stack and every call; returns (after cancel) with calls cleaned up."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            if self.registrar is not None:
+                self.stack.add_timer_client(self.registrar.timer_client, self.registrar.clock)
+            await tg.start(self.stack.serve)
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self._tg = None
+                tg.cancel_scope.cancel()
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking new calls (503) and wait up to ``grace`` s for live ones."""
+        self.accepting = False
+        with anyio.move_on_after(grace):
+            while len(self.calls):
+                await anyio.sleep(0.1)
+
+    def _spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        tg = self._tg
+        if tg is not None:
+            tg.start_soon(self._guarded, fn)
+
+    @staticmethod
+    async def _guarded(fn: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await fn()
+        except Exception:
+            log.exception("background task failed")
+
+    # -- the transaction user ----------------------------------------------------------
+    def allowed(self, host: str) -> bool:
+        """ACL, first match wins; no rules means everyone, no match means deny."""
+        if not self.acl:
+            return True
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        for rule in self.acl:
+            if rule.matches(ip):
+                return rule.allow
+        return False
+
+    async def handle_request(self, incoming: IncomingRequest) -> None:
+        request = incoming.request
+        method = request.method
+        if not self.allowed(incoming.peer.host):
+            self.stats.acl_denied += 1
+            log.info("ACL denied %s from %s", method, incoming.peer.address)
+            if incoming.transaction is not None:
+                self.stack.abandon(incoming.transaction)
+            return
+        if method == "REGISTER":
+            if self.registrar is None:
+                incoming.respond(405, headers=[("Allow", ALLOWED_METHODS)])
+            else:
+                await self.registrar.handle(incoming)
+            return
+        if request.to.tag is not None and method != "CANCEL":
+            await self._in_dialog(incoming)
+            return
+        if method == "ACK":
+            return
+        if method == "CANCEL":
+            self._cancel(incoming)
+        elif method == "INVITE":
+            await self._new_call(incoming)
+        elif method == "OPTIONS":
+            await super().handle_request(incoming)
+        else:
+            incoming.respond(405, headers=[("Allow", ALLOWED_METHODS)])
+
+    def connection_lost(self, peer: Peer) -> None:
+        if self.registrar is not None:
+            self.registrar.connection_lost(peer)
+
+    async def _in_dialog(self, incoming: IncomingRequest) -> None:
+        entry = self._dialogs.get(dialog_id_for_request(incoming.request))
+        if entry is None:
+            if incoming.request.method != "ACK":
+                self.stats.unknown_dialogs += 1
+                incoming.respond(481)
+            return
+        call, leg = entry
+        await call.handle_in_dialog(leg, incoming)
+
+    def _cancel(self, incoming: IncomingRequest) -> None:
+        txn = self.stack.find_invite_for_cancel(incoming.request)
+        invite = txn.context if txn is not None else None
+        if not isinstance(invite, IncomingRequest):
+            incoming.respond(481)
+            return
+        incoming.respond(200)
+        call = invite.owner
+        if isinstance(call, Call):
+            call.cancel()
+        elif not invite.answered:
+            invite.respond(487)
+
+    async def _new_call(self, incoming: IncomingRequest) -> None:
+        request = incoming.request
+        self.stats.invites += 1
+        if not self.accepting:
+            self.stats.rejected_shutdown += 1
+            incoming.respond(503, "Shutting Down", headers=[("Retry-After", "30")])
+            return
+        incoming.respond(100)
+        max_forwards = request.max_forwards
+        if max_forwards is not None and max_forwards <= 0:
+            incoming.respond(483)
+            return
+        direction, inbound_trunk = detect_direction(
+            incoming.peer.host, self.trunks, True, callee_is_local=self._is_local(request.uri)
+        )
+        if inbound_trunk is None and self.authenticator is not None and self.authenticate_invites:
+            outcome = await self.authenticator.authenticate(request, incoming.peer, proxy=True)
+            if isinstance(outcome, Drop):
+                if incoming.transaction is not None:
+                    self.stack.abandon(incoming.transaction)
+                return
+            if not isinstance(outcome, Authenticated):
+                answer_refusal(incoming, outcome)
+                return
+        call = Call(self._services, incoming, direction=direction, inbound_trunk=inbound_trunk)
+        incoming.owner = call
+        route_request = RouteRequest.from_request(request, incoming.peer.address, direction)
+
+        async def route() -> RouteDecision:
+            decision = await self.router.route(route_request)
+            call.direction = direction_after_route(direction, decision)
+            return decision
+
+        self._spawn(lambda: call.run(route))
+
+    def _is_local(self, uri: object) -> bool:
+        if not isinstance(uri, SipUri):
+            return False
+        if not self.local_realms:
+            return True
+        return uri.host.lower() in self.local_realms
+
+    # -- for the console and AMI -----------------------------------------------------------
+    def active_calls(self) -> list[Call]:
+        return [c for c in self.calls if c.state is not CallState.ENDED]
