@@ -1,7 +1,101 @@
-"""sdpbx: a Python SDK for building programmable PBXs."""
+"""sdpbx: a Python SDK for building programmable PBXs.
 
+The names here are the public API that most programs need; the sans-IO SIP
+core lives in :mod:`sdpbx.sip`, transports in :mod:`sdpbx.transport`, the
+test kit in :mod:`sdpbx.testing`.
+"""
+
+from ._version import __version__
+from .authn import Authenticator
+from .b2bua.call import Call
+from .b2bua.events import (
+    CallAnswered,
+    CallEnded,
+    CallEvent,
+    CallRinging,
+    CallStarted,
+    CallState,
+    HangupReason,
+)
+from .b2bua.registry import CallRegistry
+from .config import Config, config_from_dict, load_config, parse_config
 from .errors import ConfigError, SdpbxError
+from .locator import Binding, Locator, LocatorEvent, MemoryLocator, SqliteLocator
+from .media import MediaBackend, PassthroughMedia
+from .pbx import Pbx, default_config
+from .proxy import Proxy
+from .registrar import Registrar
+from .routing import (
+    FallbackRouter,
+    RouteDecision,
+    Router,
+    RouteRequest,
+    RouterError,
+    StaticRouter,
+    as_router,
+)
+from .stack import ClientRequest, IncomingRequest, RequestHandler, SipStack
+from .trunk_registration import TrunkRegistration
+from .users import (
+    ChainUserBackend,
+    MemoryUserBackend,
+    PlainUserBackend,
+    SipUser,
+    UserBackend,
+    UserBackendError,
+    UserRejected,
+)
+from .webhooks import HttpRouter, HttpUserBackend, LocatorWebhook
 
-__version__ = "0.1.0"
-
-__all__ = ["ConfigError", "SdpbxError", "__version__"]
+__all__ = [
+    "Authenticator",
+    "Binding",
+    "Call",
+    "CallAnswered",
+    "CallEnded",
+    "CallEvent",
+    "CallRegistry",
+    "CallRinging",
+    "CallStarted",
+    "CallState",
+    "ChainUserBackend",
+    "ClientRequest",
+    "Config",
+    "ConfigError",
+    "FallbackRouter",
+    "HangupReason",
+    "HttpRouter",
+    "HttpUserBackend",
+    "IncomingRequest",
+    "Locator",
+    "LocatorEvent",
+    "LocatorWebhook",
+    "MediaBackend",
+    "MemoryLocator",
+    "MemoryUserBackend",
+    "PassthroughMedia",
+    "Pbx",
+    "PlainUserBackend",
+    "Proxy",
+    "Registrar",
+    "RequestHandler",
+    "RouteDecision",
+    "RouteRequest",
+    "Router",
+    "RouterError",
+    "SdpbxError",
+    "SipStack",
+    "SipUser",
+    "SqliteLocator",
+    "StaticRouter",
+    "TrunkRegistration",
+    "UserBackend",
+    "UserBackendError",
+    "UserRejected",
+    "__version__",
+    "as_router",
+    "config_from_dict",
+    "default_config",
+    "load_config",
+    "parse_config",
+]

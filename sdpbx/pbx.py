@@ -27,7 +27,7 @@ import anyio
 import httpx
 from anyio.abc import TaskStatus
 
-from . import __version__
+from ._version import __version__
 from .authn import Authenticator
 from .config import Config
 from .locator import SqliteLocator
