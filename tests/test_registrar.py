@@ -515,7 +515,7 @@ async def test_wrong_password_then_403_then_silence() -> None:
         await client.sock.send(client.register(cseq=9, extra=(authorization(challenge),)))
         with anyio.fail_after(5):
             # Silence has no event to wait for; the drop counter is its only trace.
-            while auth.stats.drops == 0:  # noqa: ASYNC110
+            while auth.stats.drops == 0:
                 await anyio.sleep(0.01)
         assert auth.stats.failures == 3
         assert registrar.stats.rejections == 1
