@@ -44,6 +44,13 @@ async def run(pbx: Pbx, grace: float) -> None:
         tg.cancel_scope.cancel()
 
 
+def _leaves(group: BaseExceptionGroup[OSError]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", "--conf", help="RustPBX-style TOML config file")
@@ -70,12 +77,15 @@ def main(argv: list[str] | None = None) -> int:
         level=LEVELS.get((config.log_level or "info").lower(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    failed = False
     try:
         anyio.run(run, Pbx(config), args.grace)
-    except OSError as exc:
-        logging.getLogger("sdpbx").error("cannot start: %s", exc)
-        return 1
-    return 0
+    except* OSError as group:
+        # Binding a port that is taken, a certificate that cannot be read...
+        for exc in _leaves(group):
+            logging.getLogger("sdpbx").error("cannot start: %s", exc)
+        failed = True
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
