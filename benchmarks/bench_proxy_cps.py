@@ -106,7 +106,7 @@ def achieved(text: str) -> tuple[int, int, float]:
 def latency(rate: int, seconds: int) -> None:
     with tempfile.TemporaryDirectory() as out:
         text = bench("proxy", rate, seconds, {"OUTDIR": out, "UAC_ARGS": "-trace_rtt -rtt_freq 1"})
-        ok, failed, cps = achieved(text)
+        ok, failed, _cps = achieved(text)
         rtts: list[float] = []
         for path in Path(out).glob("*_rtt.csv"):
             with path.open() as f:
