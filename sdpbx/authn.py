@@ -192,7 +192,8 @@ class Authenticator:
         clock: Callable[[], float] = time.time,
     ) -> Authenticator:
         """Wire ``[proxy]``: the first realm (or the request's domain when there is
-        none) and ``auth_failure_limit`` / ``auth_block_seconds`` (0 disables)."""
+        none), ``auth_failure_limit`` / ``auth_block_seconds`` (0 disables) and
+        ``auth_algorithms`` (challenges offered, in that order)."""
         if realm_for is None:
             realm_for = config.realms[0] if len(config.realms) == 1 else request_domain
         throttle = None
@@ -200,7 +201,14 @@ class Authenticator:
             throttle = FailureThrottle(
                 limit=config.auth_failure_limit, block_for=config.auth_block_seconds
             )
-        return cls(users, realm_for=realm_for, nonces=nonces, throttle=throttle, clock=clock)
+        return cls(
+            users,
+            realm_for=realm_for,
+            nonces=nonces,
+            throttle=throttle,
+            algorithms=config.auth_algorithms,
+            clock=clock,
+        )
 
     def realm(self, request: Request) -> str:
         realm_for = self._realm_for

@@ -442,6 +442,17 @@ class RouteConfig(_Checked):
 # -- [proxy] -----------------------------------------------------------------------------------
 
 
+def _algorithms_check(algorithms: tuple[str, ...]) -> _Problems:
+    if not algorithms:
+        return [("", "must list at least one algorithm")]
+    known = ("SHA-256", "SHA-256-sess", "MD5", "MD5-sess")
+    return [
+        (f"[{i}]", f"expected one of {', '.join(known)}, got {name!r}")
+        for i, name in enumerate(algorithms)
+        if name.upper() not in {k.upper() for k in known}
+    ]
+
+
 def _realm_problem(realm: str) -> str | None:
     return None if _HOST.match(realm) else f"not a valid realm: {realm!r}"
 
@@ -476,6 +487,11 @@ class ProxyConfig(_Checked):
         default=10, metadata=_check(_min(0, "must be 0 (disabled) or more"))
     )
     auth_block_seconds: int = field(default=300, metadata=_check(_POSITIVE))
+    # MD5 first by default: many deployed clients (SIPp 3.6, baresip 1.0,
+    # older desk phones) read only the first challenge and speak only MD5.
+    auth_algorithms: tuple[str, ...] = field(
+        default=("MD5", "SHA-256"), metadata=_check(_algorithms_check)
+    )
     http_router: HttpRouterConfig | None = None
     user_backends: tuple[UserBackendConfig, ...] = ()
     locator_webhook: LocatorWebhookConfig | None = None

@@ -689,3 +689,13 @@ def test_lenient_json_ignores_unknown_keys() -> None:
         "targets": [],
         "command": None,
     }
+
+
+def test_auth_algorithms_default_and_validation() -> None:
+    """MD5 first by default (clients that read one challenge); bad names named."""
+    from sdpbx.config import config_from_dict
+    from sdpbx.errors import ConfigError
+
+    assert config_from_dict({}).proxy.auth_algorithms == ("MD5", "SHA-256")
+    with pytest.raises(ConfigError, match=r"proxy\.auth_algorithms\[1\]"):
+        config_from_dict({"proxy": {"auth_algorithms": ["MD5", "SHA-1"]}})
