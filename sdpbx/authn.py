@@ -335,12 +335,15 @@ class Authenticator:
 def answer_refusal(incoming: IncomingRequest, outcome: AuthOutcome) -> bool:
     """Put a non-:class:`Authenticated` outcome on the wire; ``True`` if it was one.
 
-    A :class:`Drop` sends nothing: the server transaction is left to absorb
-    retransmissions, so the source learns nothing.
+    A :class:`Drop` sends nothing: the server transaction absorbs
+    retransmissions in silence and is then forgotten, so the source learns
+    nothing and memory does not grow under a scan.
     """
     if isinstance(outcome, Authenticated):
         return False
-    if isinstance(outcome, Challenge):
+    if isinstance(outcome, Drop):
+        incoming.drop()
+    elif isinstance(outcome, Challenge):
         incoming.respond(outcome.status, headers=outcome.headers)
     elif isinstance(outcome, Reject):
         incoming.respond(outcome.status, outcome.reason)

@@ -32,7 +32,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from attrs import define
 
-from .authn import Authenticated, Authenticator, Drop, answer_refusal
+from .authn import Authenticated, Authenticator, answer_refusal
 from .b2bua.call import Call, CallServices
 from .b2bua.events import CallState
 from .b2bua.leg import Leg
@@ -184,8 +184,7 @@ class Proxy(RequestHandler):
         if not self.allowed(incoming.peer.host):
             self.stats.acl_denied += 1
             log.info("ACL denied %s from %s", method, incoming.peer.address)
-            if incoming.transaction is not None:
-                self.stack.abandon(incoming.transaction)
+            incoming.drop()
             return
         if method == "REGISTER":
             if self.registrar is None:
@@ -251,10 +250,6 @@ class Proxy(RequestHandler):
         )
         if inbound_trunk is None and self.authenticator is not None and self.authenticate_invites:
             outcome = await self.authenticator.authenticate(request, incoming.peer, proxy=True)
-            if isinstance(outcome, Drop):
-                if incoming.transaction is not None:
-                    self.stack.abandon(incoming.transaction)
-                return
             if not isinstance(outcome, Authenticated):
                 answer_refusal(incoming, outcome)
                 return

@@ -46,7 +46,7 @@ from collections.abc import Callable, Sequence
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
-from attrs import define
+from attrs import define, frozen
 
 from .authn import Authenticator, Reject, Unavailable, answer_refusal
 from .locator import Binding, Locator
@@ -81,7 +81,7 @@ class RegistrarStats:
     disconnected: int = 0
 
 
-@define
+@frozen
 class _Update:
     """One tentative change of the binding set, applied only if all are valid."""
 
@@ -89,7 +89,7 @@ class _Update:
     binding: Binding | None  # None: remove ``contact``
 
 
-@define
+@frozen
 class _Context:
     """What every Contact of one REGISTER shares."""
 

@@ -152,6 +152,12 @@ class IncomingRequest:
         self.send(response)
         return response
 
+    def drop(self) -> None:
+        """Never answer (spam, a blocked source): retransmissions are absorbed
+        in silence and the transaction is forgotten after 64*T1."""
+        if self.transaction is not None and not self.answered:
+            self._stack.abandon(self.transaction)
+
     def send(self, response: Response) -> None:
         if self.transaction is None:
             raise RuntimeError("an ACK cannot be answered")
