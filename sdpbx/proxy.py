@@ -226,7 +226,7 @@ class Proxy(RequestHandler):
         if not isinstance(invite, IncomingRequest):
             incoming.respond(481)
             return
-        incoming.respond(200)
+        incoming.respond(200, to_tag=invite.to_tag)
         call = invite.owner
         if isinstance(call, Call):
             call.cancel()

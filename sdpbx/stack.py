@@ -141,13 +141,18 @@ class IncomingRequest:
         *,
         headers: Iterable[tuple[str, str]] = (),
         body: bytes = b"",
+        to_tag: str | None = None,
     ) -> Response:
-        """Build and send a response (To tag added, Via/From/Call-ID/CSeq copied)."""
+        """Build and send a response (To tag added, Via/From/Call-ID/CSeq copied).
+
+        ``to_tag`` overrides this request's own tag: the 200 to a CANCEL
+        carries the tag of the INVITE's responses (RFC 3261 §9.2).
+        """
         extra = list(headers)
         if self._stack.user_agent:
             extra.append(("Server", self._stack.user_agent))
         response = make_response(
-            self.request, status, reason, to_tag=self.to_tag, headers=extra, body=body
+            self.request, status, reason, to_tag=to_tag or self.to_tag, headers=extra, body=body
         )
         self.send(response)
         return response

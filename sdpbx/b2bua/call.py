@@ -65,6 +65,8 @@ _RELAYED_HEADERS = ("content-type", "content-disposition", "info-package", "even
 #: Failures after which a sequential fork stops instead of trying the next target.
 _GLOBAL_FAILURE = range(600, 700)
 _CLEANUP_TIMEOUT = 8.0
+#: How long a request for a leg waits for that leg's ACK of our 2xx (64*T1).
+_ACK_WAIT = 32.0
 
 
 @define
@@ -136,6 +138,9 @@ class Call:
         self._setup_scope: anyio.CancelScope | None = None
         self._fork_scope: anyio.CancelScope | None = None
         self._done = anyio.Event()
+        # Legs we answered an INVITE with 2xx and whose ACK has not come yet; the
+        # caller's leg is in it from the start, since its first 2xx is ours.
+        self._awaiting_ack: dict[Leg, anyio.Event] = {self.caller_leg: anyio.Event()}
         self._cancelled = False
         self._relayed_ringing: tuple[int, bytes] | None = None
         self._forced_reason: HangupReason | None = None
@@ -230,7 +235,7 @@ class Call:
     async def _fork(self, candidates: list[_Candidate], strategy: str, timeout: float) -> None:
         with anyio.CancelScope() as fork_scope:
             self._fork_scope = fork_scope
-            if strategy == "parallel":
+            if strategy == "parallel" and len(candidates) > 1:
                 with anyio.move_on_after(timeout) as ring:
                     async with anyio.create_task_group() as tg:
                         for n, candidate in enumerate(candidates):
@@ -461,7 +466,22 @@ class Call:
             except TransactionTimedOut:
                 return
 
+    async def _acked(self, leg: Leg) -> None:
+        """Hold a request for ``leg`` until it has ACKed our last 2xx to an INVITE.
+
+        RFC 3261 §14.1 and §15: no new INVITE or BYE while an INVITE is still
+        unacknowledged. We ACK the far side's 2xx at once, so that side may send
+        its next request before this leg's ACK reaches us (a callee's BYE or
+        re-INVITE right after answering); relayed straight away it would overtake
+        the ACK, which phones answer 491 or take for an unexpected request.
+        """
+        pending = self._awaiting_ack.get(leg)
+        if pending is not None:
+            with anyio.move_on_after(_ACK_WAIT):
+                await pending.wait()
+
     async def _bye(self, leg: Leg, reason: str | None = None) -> None:
+        await self._acked(leg)
         dialog = leg.dialog
         if dialog is None or dialog.is_terminated:
             return
@@ -493,7 +513,11 @@ class Call:
             incoming.respond(481)
             return
         if request.method == "ACK":
-            return  # our 2xx were acknowledged; re-INVITE ACKs are sent by us directly
+            # Our 2xx were acknowledged; re-INVITE ACKs are sent by us directly.
+            acked = self._awaiting_ack.pop(leg, None)
+            if acked is not None:
+                acked.set()
+            return
         if not dialog.receive_request(request):
             incoming.respond(500, "CSeq Out of Order")
             return
@@ -513,7 +537,10 @@ class Call:
 
     async def _relay(self, leg: Leg, other: Leg, incoming: IncomingRequest) -> None:
         request = incoming.request
-        assert other.dialog is not None
+        await self._acked(other)
+        if other.dialog is None or other.dialog.is_terminated:
+            incoming.respond(481)
+            return
         headers = [(n, v) for n, v in request.headers if n.lower() in _RELAYED_HEADERS]
         body = request.body
         if body and request.method in ("INVITE", "UPDATE"):
@@ -527,16 +554,20 @@ class Call:
                 incoming.respond(408)
                 return
             other.dialog.receive_response(out, final)
+            answer = final.body
+            if answer and out.method in ("INVITE", "UPDATE"):
+                answer = await self._svc.media.answer(self.id, other.label, answer)
+            reply_headers = [(n, v) for n, v in final.headers if n.lower() in _RELAYED_HEADERS]
+            if final.status < 300 and out.method in ("INVITE", "UPDATE"):
+                reply_headers.append(("Contact", self._contact))
+            # Answer before we ACK: our ACK frees the far end to send its next
+            # request (a BYE, say), which must not overtake this response.
+            if out.method == "INVITE" and final.status < 300:
+                self._awaiting_ack[leg] = anyio.Event()
+            incoming.respond(final.status, final.reason, headers=reply_headers, body=answer)
             if out.method == "INVITE" and final.status < 300:
                 ack = other.dialog.create_ack(out.cseq.number)
                 client.ack(ack, destination)
-        answer = final.body
-        if answer and out.method in ("INVITE", "UPDATE"):
-            answer = await self._svc.media.answer(self.id, other.label, answer)
-        reply_headers = [(n, v) for n, v in final.headers if n.lower() in _RELAYED_HEADERS]
-        if final.status < 300 and out.method in ("INVITE", "UPDATE"):
-            reply_headers.append(("Contact", self._contact))
-        incoming.respond(final.status, final.reason, headers=reply_headers, body=answer)
 
     async def hangup(self, reason: HangupReason = "bySystem") -> None:
         """End the call from Python (the console's hangup command).
