@@ -226,8 +226,11 @@ class Proxy(RequestHandler):
         if not isinstance(invite, IncomingRequest):
             incoming.respond(481)
             return
-        incoming.respond(200, to_tag=invite.to_tag)
         call = invite.owner
+        if isinstance(call, Call) and call.decision is not None and call.decision.action == "spam":
+            incoming.drop()  # a scanner learns nothing from a dropped call
+            return
+        incoming.respond(200, to_tag=invite.to_tag)
         if isinstance(call, Call):
             call.cancel()
         elif not invite.answered:

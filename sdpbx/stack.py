@@ -120,6 +120,11 @@ class IncomingRequest:
         self.owner: object | None = None
 
     @property
+    def stack(self) -> SipStack:
+        """The stack the request arrived on (for its Contact, its transports)."""
+        return self._stack
+
+    @property
     def to_tag(self) -> str:
         """Our To tag for every response to this request (one per UAS dialog)."""
         tag = self.request.to.tag

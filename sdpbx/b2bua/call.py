@@ -36,6 +36,7 @@ from ..sip import (
     new_call_id,
     new_tag,
     parse_uri,
+    reason_phrase,
 )
 from ..stack import IncomingRequest, SipStack, TransactionTimedOut
 from ..transport.base import Peer, TransportName
@@ -208,10 +209,12 @@ class Call:
             log.info("call %s from %s dropped as spam", self.id, self.incoming.peer.address)
             if self.incoming.transaction is not None:
                 self._svc.stack.abandon(self.incoming.transaction)
+            self._svc.registry.spam_calls += 1
             self._end("rejected", 0)
             return
         if decision.action in ("reject", "abort"):
-            self._fail(decision.final_status, "rejected", text=decision.reason)
+            status = decision.final_status
+            self._fail(status, "rejected", text=decision.reason or reason_phrase(status))
             return
         if decision.action != "forward" or not decision.targets:
             self._fail(404, "failed", text="No Route")
@@ -256,6 +259,10 @@ class Call:
                     continue
                 last = self.hangup_messages[-1].code if self.hangup_messages else 0
                 if last in _GLOBAL_FAILURE:
+                    return
+                if candidate.trunk and not (last == 408 or 500 <= last < 600):
+                    # A carrier's 486 or 404 is an answer about the callee, not
+                    # about the trunk: failing over would only ring them twice.
                     return
 
     # -- one target ---------------------------------------------------------------
@@ -606,8 +613,13 @@ class Call:
         self._done.set()
 
     def _best_failure(self) -> tuple[int, HangupReason]:
-        """RFC 3261 §16.7-ish: a 6xx wins, else the lowest-class failure seen."""
-        codes = [m.code for m in self.hangup_messages]
+        """RFC 3261 §16.7-ish: a 6xx wins, else the lowest-class failure seen.
+
+        A 401/407 of a target is a challenge for the trunk's account, which the
+        caller cannot answer (and we would relay without its mandatory
+        WWW-/Proxy-Authenticate): the caller gets 403; the CDR keeps the original.
+        """
+        codes = [403 if m.code in (401, 407) else m.code for m in self.hangup_messages]
         if not codes:
             return 480, "failed"
         six = [c for c in codes if c >= 600]

@@ -31,6 +31,8 @@ class CallRegistry:
         self.total_calls = 0
         self.failed_calls = 0
         self.answered_calls = 0
+        #: INVITEs a router called spam, dropped without a response.
+        self.spam_calls = 0
 
     def __len__(self) -> int:
         return len(self._calls)

@@ -50,7 +50,7 @@ class AnsweringUas(RequestHandler):
         method = request.method
         if method == "INVITE":
             self.stats.invites += 1
-            contact = self.contact or f"<sip:uas@{incoming.peer.address}>"
+            contact = self.contact or incoming.stack.contact_for(incoming.peer.transport, "uas")
             if self.ring:
                 incoming.respond(180, headers=[("Contact", contact)])
             incoming.respond(
