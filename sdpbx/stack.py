@@ -26,6 +26,7 @@ What the stack does on its own, as RFC 3261's "UAS core" and transport layer:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -327,6 +328,8 @@ class SipStack:
         self._timer_clients: list[tuple[TimerClient, Callable[[], float]]] = []
         self._armed = -math.inf  # the timer task is not waiting yet
         self._wake = anyio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
         self._by_name: dict[str, list[Transport]] = {}
         for transport in self.transports:
             self._by_name.setdefault(transport.name, []).append(transport)
@@ -338,12 +341,23 @@ class SipStack:
             self._tg = tg
             for transport in self.transports:
                 await tg.start(transport.serve, self)
-            tg.start_soon(self._timer_loop)
+            loop = _asyncio_loop()
+            if loop is not None and self.clock is time.monotonic:
+                # On asyncio, one loop.call_at() handle re-armed in place costs
+                # a couple of microseconds; a timer task would build an Event
+                # and a cancel scope for every re-arm (several per call).
+                self._loop = loop
+            else:
+                tg.start_soon(self._timer_loop)
             task_status.started()
             try:
                 await anyio.sleep_forever()
             finally:
                 self._tg = None
+                if self._handle is not None:
+                    self._handle.cancel()
+                    self._handle = None
+                self._loop = None
                 tg.cancel_scope.cancel()
                 self._work_send.close()
                 self._work_receive.close()
@@ -649,8 +663,36 @@ class SipStack:
 
     def _rearm(self) -> None:
         delay = self._next_sleep()
-        if self.clock() + delay < self._armed - 0.001:
-            self._wake.set()
+        loop = self._loop
+        if loop is None:
+            if self.clock() + delay < self._armed - 0.001:
+                self._wake.set()
+            return
+        if math.isinf(delay):
+            return
+        when = loop.time() + delay
+        handle = self._handle
+        if handle is not None:
+            if when >= handle.when() - 0.001:
+                return
+            handle.cancel()
+        self._handle = loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        """asyncio timer callback: fire what is due, send, re-arm."""
+        self._handle = None
+        self._run_timers()
+        self._flush()
+
+    def _run_timers(self) -> None:
+        try:
+            self.layer.handle_timer(self.clock())
+            for client, clock in self._timer_clients:
+                d = client.next_deadline()
+                if d is not None and d <= clock():
+                    client.handle_timer(clock())
+        except Exception:
+            log.exception("timer handling failed")
 
     async def _timer_loop(self) -> None:
         while True:
@@ -662,15 +704,15 @@ class SipStack:
             # While the timers run, _rearm() must not wake us: we recompute
             # the deadline at the top of the loop anyway.
             self._armed = -math.inf
-            try:
-                self.layer.handle_timer(self.clock())
-                for client, clock in self._timer_clients:
-                    d = client.next_deadline()
-                    if d is not None and d <= clock():
-                        client.handle_timer(clock())
-            except Exception:
-                log.exception("timer handling failed")
+            self._run_timers()
             self._flush()
+
+
+def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _replace_top_via(request: Request, new_top: str) -> Request:

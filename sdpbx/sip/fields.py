@@ -8,6 +8,7 @@ raises :class:`~.errors.SipParseError` carrying status 400.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from attrs import evolve, frozen
@@ -103,6 +104,10 @@ class CSeq:
 
     @classmethod
     def parse(cls, value: str) -> CSeq:
+        return _parse_cseq(value)
+
+    @classmethod
+    def _parse(cls, value: str) -> CSeq:
         parts = value.split()
         if len(parts) != 2 or not parts[0].isdigit() or not _TOKEN.match(parts[1]):
             raise SipParseError(f"malformed CSeq {value!r}")
@@ -126,6 +131,10 @@ class Via:
 
     @classmethod
     def parse(cls, value: str) -> Via:
+        return _parse_via(value)
+
+    @classmethod
+    def _parse(cls, value: str) -> Via:
         m = _PROTOCOL.match(value)
         if m is None:
             raise SipParseError(f"malformed Via {value!r}")
@@ -218,6 +227,10 @@ class NameAddr:
 
     @classmethod
     def parse(cls, value: str) -> NameAddr:
+        return _parse_name_addr(value)
+
+    @classmethod
+    def _parse(cls, value: str) -> NameAddr:
         text = value.strip()
         lt = -1
         display: str | None = None
@@ -319,6 +332,24 @@ class NameAddr:
         if self.display_name:
             uri = f"{self.display_name} {uri}"
         return uri + _format_params(self.params)
+
+
+# Header values repeat across the messages of a call (a response copies the
+# request's From, To and Via; a dialog re-reads them), and the parsed values
+# are immutable, so equal texts share one parsed object. Bounded caches.
+@functools.lru_cache(maxsize=8192)
+def _parse_cseq(value: str) -> CSeq:
+    return CSeq._parse(value)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_via(value: str) -> Via:
+    return Via._parse(value)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_name_addr(value: str) -> NameAddr:
+    return NameAddr._parse(value)
 
 
 def uri_is_sip(uri: Uri) -> bool:

@@ -9,6 +9,7 @@ application, so it becomes an :class:`AbsoluteUri`.
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import unquote_to_bytes
 
@@ -252,8 +253,12 @@ def _parse_sip(scheme: str, rest: str, text: str) -> SipUri:
     return SipUri(scheme, host, user, password, port, params, headers)
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_uri(text: str) -> Uri:
     """Parse an absolute URI as it appears in a Request-Line or name-addr.
+
+    URIs are values, so equal texts share one parsed object (a bounded
+    cache: a call parses the same few URIs in many messages).
 
     Raises :class:`SipParseError` (400) for a URI that is malformed, such as
     one wrapped in ``<>`` where a bare URI belongs or one containing spaces.
