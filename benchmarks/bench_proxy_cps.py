@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,8 +112,9 @@ def latency(rate: int, seconds: int) -> None:
         for path in Path(out).glob("*_rtt.csv"):
             with path.open() as f:
                 for row in csv.reader(f, delimiter=";"):
-                    if len(row) > 2 and re.fullmatch(r"[\d.]+", row[2] or ""):
-                        rtts.append(float(row[2]))
+                    # Date_ms;response_time_ms;rtd_no (SIPp reports whole ms)
+                    if len(row) > 2 and re.fullmatch(r"[\d.]+", row[1] or ""):
+                        rtts.append(float(row[1]))
         if rtts:
             rtts.sort()
             p50 = statistics.median(rtts)
@@ -154,6 +156,18 @@ def memory(pbx_pid: int, calls: int) -> None:
     )
 
 
+def run_with_pbx(fn: Callable[[subprocess.Popen[bytes]], None]) -> None:
+    """Run one measurement against a fresh PBX (RSS is a high-water mark: an
+    overload run would leave it high for the rest of the process's life)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        pbx = start_pbx(Path(tmp))
+        try:
+            fn(pbx)
+        finally:
+            pbx.terminate()
+            pbx.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=int, default=1500)
@@ -162,25 +176,24 @@ def main() -> None:
     parser.add_argument("--memory", type=int, default=0, help="live calls for the memory run")
     parser.add_argument("--no-kamailio", action="store_true")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        pbx = start_pbx(Path(tmp))
-        try:
-            cpu0 = cpu_seconds(pbx.pid)
-            text = bench("proxy", args.rate, args.seconds)
-            cpu = cpu_seconds(pbx.pid) - cpu0
-            ok, failed, cps = achieved(text)
-            print(
-                f"sdpbx full_pbx: target {args.rate} cps x {args.seconds}s: successful={ok} "
-                f"failed={failed} achieved={cps:.0f} cps, CPU {cpu * 1e6 / max(ok, 1):.0f} "
-                "us/call"
-            )
-            if args.latency:
-                latency(args.latency, args.seconds)
-            if args.memory:
-                memory(pbx.pid, args.memory)
-        finally:
-            pbx.terminate()
-            pbx.wait(timeout=30)
+    if args.memory:
+        run_with_pbx(lambda pbx: memory(pbx.pid, args.memory))
+    if args.latency:
+        run_with_pbx(lambda pbx: latency(args.latency, args.seconds))
+    result: dict[str, float] = {}
+
+    def throughput(pbx: subprocess.Popen[bytes]) -> None:
+        cpu0 = cpu_seconds(pbx.pid)
+        text = bench("proxy", args.rate, args.seconds)
+        cpu = cpu_seconds(pbx.pid) - cpu0
+        ok, failed, cps = achieved(text)
+        result["cps"] = cps
+        print(
+            f"sdpbx full_pbx: target {args.rate} cps x {args.seconds}s: successful={ok} "
+            f"failed={failed} achieved={cps:.0f} cps, CPU {cpu * 1e6 / max(ok, 1):.0f} us/call"
+        )
+
+    run_with_pbx(throughput)
     if not args.no_kamailio:
         text = bench("kamailio", args.rate, args.seconds)
         k_ok, k_failed, k_cps = achieved(text)
@@ -190,7 +203,7 @@ def main() -> None:
             f"failed={k_failed} achieved={k_cps:.0f} cps ({cpu_line.group(0) if cpu_line else ''})"
         )
         if k_cps:
-            print(f"ratio sdpbx/kamailio: {cps / k_cps:.2f}")
+            print(f"ratio sdpbx/kamailio: {result['cps'] / k_cps:.2f}")
 
 
 if __name__ == "__main__":
