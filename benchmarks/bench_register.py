@@ -103,6 +103,10 @@ def serve(port: int, uvloop: bool, trace: bool) -> None:
                 }
                 print(json.dumps(stats), flush=True)
 
+    # As examples/full_pbx.py does: see docs/performance.md on GC thresholds.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
     anyio.run(main, backend_options={"use_uvloop": True} if uvloop else {})
 
 

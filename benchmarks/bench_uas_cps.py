@@ -22,6 +22,8 @@ from pathlib import Path
 
 
 def serve(port: int, uvloop: bool) -> None:
+    import gc
+
     import anyio
 
     from sdpbx.stack import SipStack
@@ -35,6 +37,10 @@ def serve(port: int, uvloop: bool) -> None:
             print("ready", flush=True)
             await anyio.sleep_forever()
 
+    # As examples/full_pbx.py does: see docs/performance.md on GC thresholds.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
     anyio.run(main, backend_options={"use_uvloop": True} if uvloop else {})
 
 
