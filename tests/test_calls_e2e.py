@@ -556,3 +556,18 @@ async def test_header_check_fails_without_the_header(
     assert callee.failed == 1, callee.output[-3000:]
     assert "X-Route-Id: not found" in callee.output
     p.assert_clean()
+
+
+async def test_delayed_offer_answer_travels_in_the_acks(sipp: str, tmp_path: Path) -> None:
+    """An INVITE without SDP: the callee's offer reaches the caller in the 200, and the
+    caller's answer reaches the callee in the ACK (RFC 3261 §13.2.1 delayed offer)."""
+    callees: list[Callee] = []
+    async with anyio.create_task_group() as tg, pbx(forward(lambda: [callees[0].uri])) as p:
+        callees.append(await start_callee(tg, sipp, "uas_late_offer.xml", tmp_path))
+        caller = await call(sipp, SCENARIOS / "uac_late_offer.xml", p.port, tmp_path)
+        callee = await callees[0].finished()
+        await p.settle()
+    ok(caller)  # the 200 carried the callee's offer
+    ok(callee)  # the ACK carried the caller's answer
+    assert (p.ended().reason, p.ended().status) == ("byCaller", 200)
+    p.assert_clean()

@@ -142,6 +142,8 @@ class Call:
         # Legs we answered an INVITE with 2xx and whose ACK has not come yet; the
         # caller's leg is in it from the start, since its first 2xx is ours.
         self._awaiting_ack: dict[Leg, anyio.Event] = {self.caller_leg: anyio.Event()}
+        #: The SDP answer in the caller's ACK (delayed offer), for the callee's ACK.
+        self._caller_ack_body: tuple[bytes, str | None] = (b"", None)
         self._cancelled = False
         self._relayed_ringing: tuple[int, bytes] | None = None
         self._forced_reason: HangupReason | None = None
@@ -411,7 +413,10 @@ class Call:
             self.winner = leg
             leg.answered = True
             leg.dialog = Dialog.as_uac(leg.invite, response, local_contact=self._contact)
-            self._ack(leg)
+            if self.incoming.request.body:
+                self._ack(leg)
+            else:
+                svc.spawn(lambda: self._ack_late_offer(leg))
             body = response.body
             if body:
                 body = await svc.media.answer(self.id, leg.label, body)
@@ -433,12 +438,29 @@ class Call:
             svc.registry.answered_calls += 1
             svc.registry.emit(CallAnswered(self.id, self.answered_at, leg.target))
 
-    def _ack(self, leg: Leg) -> None:
+    def _ack(self, leg: Leg, body: bytes = b"", content_type: str | None = None) -> None:
         assert leg.dialog is not None and leg.invite is not None and leg.client is not None
+        headers = [("Content-Type", content_type)] if body and content_type else []
         ack = leg.dialog.create_ack(
-            leg.invite.cseq.number, via=self._svc.stack.via_for(leg.peer.transport)
+            leg.invite.cseq.number,
+            via=self._svc.stack.via_for(leg.peer.transport),
+            headers=headers,
+            body=body,
         )
         leg.client.ack(ack, leg.peer)
+
+    async def _ack_late_offer(self, leg: Leg) -> None:
+        """Delayed offer: the caller's INVITE had no SDP, so the callee's 200
+        carried the offer and the caller's ACK carries the answer; the
+        callee's ACK must wait for it (at most 64*T1, then it goes bare)."""
+        pending = self._awaiting_ack.get(self.caller_leg)
+        if pending is not None:
+            with anyio.move_on_after(_ACK_WAIT):
+                await pending.wait()
+        body, content_type = self._caller_ack_body
+        if body:
+            body = await self._svc.media.answer(self.id, self.caller_leg.label, body)
+        self._ack(leg, body, content_type)
 
     async def _cancel_leg(self, leg: Leg) -> None:
         """CANCEL a ringing leg; a 2xx that crossed the CANCEL gets ACK and BYE."""
@@ -521,6 +543,8 @@ class Call:
             return
         if request.method == "ACK":
             # Our 2xx were acknowledged; re-INVITE ACKs are sent by us directly.
+            if leg is self.caller_leg and request.body:
+                self._caller_ack_body = (request.body, request.content_type)
             acked = self._awaiting_ack.pop(leg, None)
             if acked is not None:
                 acked.set()
