@@ -10,8 +10,8 @@ code as :mod:`~sdpbx.b2bua.events` and as the attributes the console and the
 CDR writer read (state, timestamps, legs, status, hangup reason).
 
 What it does not do yet, said plainly: PRACK and requests inside early
-dialogs, delayed-offer INVITEs (the ACK carries no SDP), and RFC 3263 SRV
-lookups for target hosts.
+dialogs, re-INVITEs without SDP (our ACK to the far side carries no answer),
+and RFC 3263 SRV lookups for target hosts.
 """
 
 from __future__ import annotations
