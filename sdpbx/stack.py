@@ -38,6 +38,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from attrs import define
 
+from .exchanges import ClientRequest, IncomingRequest, TransactionTimedOut
 from .sip import (
     Headers,
     Request,
@@ -45,7 +46,6 @@ from .sip import (
     SipParseError,
     SipUri,
     TelUri,
-    make_response,
     new_branch,
     new_tag,
     parse_message,
@@ -88,162 +88,6 @@ class TimerClient(Protocol):
     def next_deadline(self) -> float | None: ...
 
     def handle_timer(self, now: float) -> None: ...
-
-
-class TransactionTimedOut(Exception):
-    """No final response came back before Timer B/F fired."""
-
-
-class IncomingRequest:
-    """A request delivered to the transaction user, with the means to answer it.
-
-    ``transaction`` is ``None`` for an ACK (ACKs have no server transaction):
-    :attr:`ack_for` then names the INVITE transaction it acknowledges, if any.
-    """
-
-    __slots__ = ("_stack", "_to_tag", "ack_for", "owner", "peer", "request", "transaction")
-
-    def __init__(
-        self,
-        stack: SipStack,
-        request: Request,
-        peer: Peer,
-        transaction: ServerTransaction | None,
-        ack_for: ServerTransaction | None = None,
-    ) -> None:
-        self._stack = stack
-        self.request = request
-        self.peer = peer
-        self.transaction = transaction
-        self.ack_for = ack_for
-        self._to_tag: str | None = None
-        #: Free for the transaction user (the proxy keeps the call here).
-        self.owner: object | None = None
-
-    @property
-    def stack(self) -> SipStack:
-        """The stack the request arrived on (for its Contact, its transports)."""
-        return self._stack
-
-    @property
-    def to_tag(self) -> str:
-        """Our To tag for every response to this request (one per UAS dialog)."""
-        tag = self.request.to.tag
-        if tag is not None:
-            return tag
-        if self._to_tag is None:
-            self._to_tag = new_tag()
-        return self._to_tag
-
-    @property
-    def answered(self) -> bool:
-        txn = self.transaction
-        return txn is None or (txn.last_response is not None and txn.last_response.status >= 200)
-
-    def respond(
-        self,
-        status: int,
-        reason: str | None = None,
-        *,
-        headers: Iterable[tuple[str, str]] = (),
-        body: bytes = b"",
-        to_tag: str | None = None,
-    ) -> Response:
-        """Build and send a response (To tag added, Via/From/Call-ID/CSeq copied).
-
-        ``to_tag`` overrides this request's own tag: the 200 to a CANCEL
-        carries the tag of the INVITE's responses (RFC 3261 §9.2).
-        """
-        extra = list(headers)
-        if self._stack.user_agent:
-            extra.append(("Server", self._stack.user_agent))
-        response = make_response(
-            self.request, status, reason, to_tag=to_tag or self.to_tag, headers=extra, body=body
-        )
-        self.send(response)
-        return response
-
-    def drop(self) -> None:
-        """Never answer (spam, a blocked source): retransmissions are absorbed
-        in silence and the transaction is forgotten after 64*T1."""
-        if self.transaction is not None and not self.answered:
-            self._stack.abandon(self.transaction)
-
-    def send(self, response: Response) -> None:
-        if self.transaction is None:
-            raise RuntimeError("an ACK cannot be answered")
-        self._stack.respond(self.transaction, response)
-
-
-class ClientRequest:
-    """One request sent through a client transaction; iterate it for the responses.
-
-    ``async for response in client_request`` yields provisional responses and
-    ends after the final one; :meth:`next_response` goes on from there (a 2xx
-    of another downstream fork, or the 487 after a CANCEL). Timer B/F raises
-    :class:`TransactionTimedOut`. The stream closes when the transaction ends.
-    """
-
-    def __init__(self, stack: SipStack, transaction: ClientTransaction) -> None:
-        self._stack = stack
-        self.transaction = transaction
-        self.request = transaction.request
-        self._send, self._receive = anyio.create_memory_object_stream[Response | None](32)
-        self.final: Response | None = None
-        self.timed_out = False
-
-    def _deliver(self, response: Response | None) -> None:
-        try:
-            self._send.send_nowait(response)
-        except anyio.WouldBlock:
-            # A peer flooding provisionals: losing a 180 is harmless, and a final
-            # response is never lost because the reader drains before it matters.
-            log.warning("response queue full for %s, dropping %s", self.transaction, response)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass
-
-    def __aiter__(self) -> AsyncIterator[Response]:
-        return self._iterate()
-
-    async def next_response(self) -> Response:
-        """The next response; raises :class:`TransactionTimedOut` on Timer B/F.
-
-        Unlike iteration, this can be called again after the caller was
-        interrupted, e.g. to collect the 487 (or a late 2xx) after a CANCEL.
-        """
-        try:
-            response = await self._receive.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            raise TransactionTimedOut(self.request.method) from None
-        if response is None:
-            self.timed_out = True
-            raise TransactionTimedOut(self.request.method)
-        if response.status >= 200 and self.final is None:
-            self.final = response
-        return response
-
-    async def _iterate(self) -> AsyncIterator[Response]:
-        while True:
-            response = await self.next_response()
-            yield response
-            if response.status >= 200:
-                return
-
-    async def final_response(self) -> Response:
-        """Wait for and return the final response (provisionals skipped)."""
-        while True:
-            response = await self.next_response()
-            if response.status >= 200:
-                return response
-
-    def ack(self, ack: Request, destination: Peer | None = None) -> None:
-        """Send the ACK of a 2xx, and again for every retransmitted 2xx."""
-        self.transaction.set_ack(ack, destination or self.transaction.destination)
-        self._stack._flush()
-
-    def close(self) -> None:
-        self._send.close()
-        self._receive.close()
 
 
 @define

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from attrs import evolve, frozen
 
+from .._config_checks import is_regex
 from ..config import RouteConfig, TrunkConfig
 from ..errors import ConfigError
 from ..locator import Binding, Locator
@@ -40,15 +41,8 @@ from .trunks import Trunk, TrunkSelector
 
 __all__ = ["StaticRouter", "is_regex"]
 
-# The same characters as the config check (sdpbx.config._REGEX_CHARS); a test keeps them equal.
-_REGEX_CHARS = frozenset("^$.*+?()[]{}|\\")
 _PLACEHOLDER = re.compile(r"\{(\d+)\}")
 _URI_FIELDS = ("from", "to", "request_uri")
-
-
-def is_regex(value: str) -> bool:
-    """Whether a ``match`` value is a regular expression rather than an exact value."""
-    return any(ch in _REGEX_CHARS for ch in value)
 
 
 @frozen
