@@ -20,13 +20,14 @@ import httpx
 from .._serde import PayloadError
 from ..config import HttpRouterConfig
 from ..routing.base import FallbackRouter, RouteDecision, Router, RouteRequest, RouterError
+from ._client import WebhookClient
 
 __all__ = ["HttpRouter", "http_router_from_config"]
 
 logger = logging.getLogger("sdpbx.webhooks.http_router")
 
 
-class HttpRouter:
+class HttpRouter(WebhookClient):
     """A :class:`~sdpbx.routing.Router` backed by a web service.
 
     ``headers`` go on every request (an API key, say). ``client`` is an
@@ -51,25 +52,7 @@ class HttpRouter:
         self.url = url
         self.timeout = timeout
         self.headers = {"Accept": "application/json", **(headers or {})}
-        self._client = client
-        self._owns_client = client is None
-
-    async def __aenter__(self) -> HttpRouter:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the client this router opened itself (a shared one is left alone)."""
-        if self._owns_client and self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
-
-    def _get_client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient()
-        return self._client
+        super().__init__(client)
 
     async def route(self, request: RouteRequest) -> RouteDecision:
         payload = request.to_json()

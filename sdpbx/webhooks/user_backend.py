@@ -28,6 +28,7 @@ from attrs import frozen
 
 from .._serde import PayloadError, structure_json
 from ..users import SipUser, UserBackendError, UserRejected
+from ._client import WebhookClient
 
 __all__ = ["HttpUserBackend"]
 
@@ -69,7 +70,7 @@ def _ha1_pair(value: str, where: str) -> tuple[str, str]:
     return (algorithm, value.lower())
 
 
-class HttpUserBackend:
+class HttpUserBackend(WebhookClient):
     """One request per lookup to the user service.
 
     ``client`` is an :class:`httpx.AsyncClient` to share (connection pooling
@@ -100,25 +101,7 @@ class HttpUserBackend:
         self.realm_field = realm_field
         self.headers = {"Accept": "application/json", **(headers or {})}
         self.timeout = timeout
-        self._client = client
-        self._owns_client = client is None
-
-    async def __aenter__(self) -> HttpUserBackend:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the client this backend opened itself (a shared one is left alone)."""
-        if self._owns_client and self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
-
-    def _get_client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient()
-        return self._client
+        super().__init__(client)
 
     async def get_user(self, username: str, realm: str) -> SipUser | None:
         fields = {self.username_field: username, self.realm_field: realm}
