@@ -154,6 +154,8 @@ class UdpTransport:
         bound = self._bound
 
         def drain() -> None:
+            if self._sock is not sock:
+                return  # closed while a follow-up drain was scheduled
             for _ in range(_BATCH):
                 try:
                     data, addr = recvfrom(_MAX_DATAGRAM)
@@ -170,9 +172,14 @@ class UdpTransport:
                     message_received(data, Peer("UDP", host, addr[1]))
                 except Exception:
                     logger.exception("UDP handler failed on a datagram from %s", addr)
+            # A full batch: more may be queued. Come back after other callbacks
+            # had their turn, without relying on the loop re-reporting a socket
+            # that stayed readable (libuv, under uvloop, may not).
+            if loop is not None:
+                loop.call_soon(drain)
 
+        loop = _asyncio_loop()
         try:
-            loop = _asyncio_loop()
             if loop is not None:
                 # On asyncio, a reader callback that stays registered costs one
                 # epoll event per wake-up; anyio.wait_readable() would add and
