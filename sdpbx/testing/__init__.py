@@ -8,6 +8,16 @@
 
 from ..transport.memory import MemoryNetwork, MemoryTransport
 from .clock import FakeClock
+from .phone import CallFailed, Phone, PhoneCall
 from .uas import AnsweringUas, UasStats
 
-__all__ = ["AnsweringUas", "FakeClock", "MemoryNetwork", "MemoryTransport", "UasStats"]
+__all__ = [
+    "AnsweringUas",
+    "CallFailed",
+    "FakeClock",
+    "MemoryNetwork",
+    "MemoryTransport",
+    "Phone",
+    "PhoneCall",
+    "UasStats",
+]
