@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--grace", type=float, default=10.0, help="seconds live calls get to end at shutdown"
     )
+    parser.add_argument(
+        "--uvloop", action="store_true", help="run on uvloop (pip install 'sdpbx[uvloop]')"
+    )
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config) if args.config else default_config(args.data_dir)
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()
     gc.set_threshold(50_000, 50, 1000)
     try:
-        anyio.run(run, Pbx(config), args.grace)
+        anyio.run(run, Pbx(config), args.grace, backend_options={"use_uvloop": args.uvloop})
     except* OSError as group:
         # Binding a port that is taken, a certificate that cannot be read...
         for exc in _leaves(group):

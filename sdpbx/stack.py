@@ -173,7 +173,8 @@ class SipStack:
         self._armed = -math.inf  # the timer task is not waiting yet
         self._wake = anyio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: asyncio.Handle | None = None
+        self._handle_when = math.inf
         self._by_name: dict[str, list[Transport]] = {}
         for transport in self.transports:
             self._by_name.setdefault(transport.name, []).append(transport)
@@ -517,10 +518,13 @@ class SipStack:
         when = loop.time() + delay
         handle = self._handle
         if handle is not None:
-            if when >= handle.when() - 0.001:
+            # Our own record of the deadline: uvloop's call_at() may return a
+            # plain Handle, which has no when().
+            if when >= self._handle_when - 0.001:
                 return
             handle.cancel()
         self._handle = loop.call_at(when, self._on_timer)
+        self._handle_when = when
 
     def _on_timer(self) -> None:
         """asyncio timer callback: fire what is due, send, re-arm."""
