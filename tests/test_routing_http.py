@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import attrs
 import httpx
 import pytest
+from helpers.webhook_server import Received, Reply, WebhookServer, running_server
 
 from sdpbx.config import HttpRouterConfig, RouteConfig, TrunkConfig
 from sdpbx.routing import FallbackRouter, RouteDecision, RouteRequest, RouterError, StaticRouter
@@ -20,85 +18,11 @@ from sdpbx.webhooks.http_router import HttpRouter, http_router_from_config
 pytestmark = pytest.mark.anyio
 
 
-@attrs.define
-class Received:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@attrs.define
-class Reply:
-    status: int = 200
-    body: Any = None  # bytes are sent raw, anything else as JSON
-    hold: bool = False  # answer only when the test ends
-    trickle: bool = False  # send the body one byte at a time until the test ends
-
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = False
-    block_on_close = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.received: list[Received] = []
-        self.respond: Callable[[Received], Reply] = lambda _: Reply(404)
-        self.release = threading.Event()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/route"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Server
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        got = Received(
-            self.command,
-            self.path,
-            {k.lower(): v for k, v in self.headers.items()},
-            self.rfile.read(length),
-        )
-        self.server.received.append(got)
-        reply = self.server.respond(got)
-        if reply.hold:
-            self.server.release.wait(30)
-            self.close_connection = True
-            return
-        body = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
-        self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(1000 if reply.trickle else len(body)))
-        self.end_headers()
-        if reply.trickle:
-            try:
-                while not self.server.release.wait(0.05):
-                    self.wfile.write(b" ")
-                    self.wfile.flush()
-            except OSError:
-                pass  # the client gave up, as it should
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-
 @pytest.fixture
-def server() -> Iterator[Server]:
-    srv = Server()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    yield srv
-    srv.release.set()
-    srv.shutdown()
-    srv.server_close()
-    thread.join()
+def server() -> Iterator[WebhookServer]:
+    # HTTP/1.1: the router reuses its connection, as it would with a real service.
+    with running_server("/route", protocol="HTTP/1.1") as srv:
+        yield srv
 
 
 @pytest.fixture
@@ -124,7 +48,7 @@ REQUEST = RouteRequest(
 )
 
 
-async def test_request_shape_and_headers(server: Server, client: httpx.AsyncClient) -> None:
+async def test_request_shape_and_headers(server: WebhookServer, client: httpx.AsyncClient) -> None:
     server.respond = answer(200, {"action": "forward", "targets": ["sip:+4930123@gw.example.net"]})
     router = HttpRouter(server.url, headers={"Authorization": "Bearer s3cret"}, client=client)
     decision = await router.route(REQUEST)
@@ -177,13 +101,13 @@ async def test_request_shape_and_headers(server: Server, client: httpx.AsyncClie
     ],
 )
 async def test_each_action(
-    server: Server, client: httpx.AsyncClient, reply: Any, expected: RouteDecision
+    server: WebhookServer, client: httpx.AsyncClient, reply: Any, expected: RouteDecision
 ) -> None:
     server.respond = answer(200, reply)
     assert await HttpRouter(server.url, client=client).route(REQUEST) == expected
 
 
-async def test_any_2xx_is_an_answer(server: Server, client: httpx.AsyncClient) -> None:
+async def test_any_2xx_is_an_answer(server: WebhookServer, client: httpx.AsyncClient) -> None:
     server.respond = answer(201, {"action": "spam"})
     assert (await HttpRouter(server.url, client=client).route(REQUEST)).action == "spam"
 
@@ -201,7 +125,7 @@ async def test_any_2xx_is_an_answer(server: Server, client: httpx.AsyncClient) -
     ],
 )
 async def test_failures_are_router_errors(
-    server: Server, client: httpx.AsyncClient, reply: Reply, problem: str
+    server: WebhookServer, client: httpx.AsyncClient, reply: Reply, problem: str
 ) -> None:
     server.respond = lambda _: reply
     with pytest.raises(RouterError) as info:
@@ -210,13 +134,15 @@ async def test_failures_are_router_errors(
     assert server.url in str(info.value) and "cid-1" in str(info.value)
 
 
-async def test_timeout_when_no_answer(server: Server, client: httpx.AsyncClient) -> None:
+async def test_timeout_when_no_answer(server: WebhookServer, client: httpx.AsyncClient) -> None:
     server.respond = answer(hold=True)
     with pytest.raises(RouterError, match=r"no answer within 0.2 s"):
         await HttpRouter(server.url, timeout=0.2, client=client).route(REQUEST)
 
 
-async def test_timeout_when_the_body_trickles(server: Server, client: httpx.AsyncClient) -> None:
+async def test_timeout_when_the_body_trickles(
+    server: WebhookServer, client: httpx.AsyncClient
+) -> None:
     # httpx's read timeout restarts with each byte; the overall deadline must still hold.
     server.respond = answer(200, b"", trickle=True)
     with pytest.raises(RouterError, match="no answer within"):
@@ -232,7 +158,7 @@ async def test_connection_refused() -> None:
                 await router.route(REQUEST)
 
 
-async def test_own_client_is_opened_and_closed(server: Server) -> None:
+async def test_own_client_is_opened_and_closed(server: WebhookServer) -> None:
     server.respond = answer(200, {"action": "spam"})
     async with HttpRouter(server.url) as router:
         assert (await router.route(REQUEST)).action == "spam"
@@ -247,7 +173,7 @@ STATIC_TRUNKS = {"gw": TrunkConfig(dest="gw.example.net")}
 STATIC_TARGET = "sip:+4930123@gw.example.net"
 
 
-def config(server: Server, fallback: bool) -> HttpRouterConfig:
+def config(server: WebhookServer, fallback: bool) -> HttpRouterConfig:
     return HttpRouterConfig(
         url=server.url,
         fallback_to_static=fallback,
@@ -256,7 +182,9 @@ def config(server: Server, fallback: bool) -> HttpRouterConfig:
     )
 
 
-async def test_from_config_without_static_routes(server: Server, client: httpx.AsyncClient) -> None:
+async def test_from_config_without_static_routes(
+    server: WebhookServer, client: httpx.AsyncClient
+) -> None:
     server.respond = answer(200, {"action": "not_handled"})
     router = http_router_from_config(config(server, True), None, client=client)
     assert isinstance(router, HttpRouter)
@@ -267,7 +195,7 @@ async def test_from_config_without_static_routes(server: Server, client: httpx.A
 
 @pytest.mark.parametrize("fallback", [True, False])
 async def test_from_config_not_handled_goes_to_static_routes(
-    server: Server, client: httpx.AsyncClient, fallback: bool
+    server: WebhookServer, client: httpx.AsyncClient, fallback: bool
 ) -> None:
     server.respond = answer(200, {"action": "not_handled"})
     static = StaticRouter(STATIC_ROUTES, STATIC_TRUNKS)
@@ -282,7 +210,7 @@ async def test_from_config_not_handled_goes_to_static_routes(
     [Reply(500), Reply(200, b"{not json"), Reply(200, {"action": "bogus"}), Reply(hold=True)],
 )
 async def test_from_config_errors_fall_back_only_when_configured(
-    server: Server, client: httpx.AsyncClient, reply: Reply
+    server: WebhookServer, client: httpx.AsyncClient, reply: Reply
 ) -> None:
     server.respond = lambda _: reply
     static = StaticRouter(STATIC_ROUTES, STATIC_TRUNKS)
@@ -293,7 +221,9 @@ async def test_from_config_errors_fall_back_only_when_configured(
         await strict.route(REQUEST)
 
 
-async def test_from_config_decisions_are_final(server: Server, client: httpx.AsyncClient) -> None:
+async def test_from_config_decisions_are_final(
+    server: WebhookServer, client: httpx.AsyncClient
+) -> None:
     server.respond = answer(200, {"action": "reject", "status": 404, "reason": "No such DID"})
     static = StaticRouter(STATIC_ROUTES, STATIC_TRUNKS)
     router = http_router_from_config(config(server, True), static, client=client)

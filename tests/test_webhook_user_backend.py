@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import anyio
-import attrs
 import httpx
 import pytest
+from helpers.webhook_server import Received, Reply, WebhookServer, running_server
+from helpers.webhook_server import start_server as _start_server
 
 from sdpbx.config import HttpUserBackendConfig
 from sdpbx.sip.auth import compute_ha1
@@ -32,103 +29,14 @@ pytestmark = pytest.mark.anyio
 # -- a recording HTTP server -------------------------------------------------------------
 
 
-@attrs.define
-class Received:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def form(self) -> dict[str, list[str]]:
-        return parse_qs(self.body.decode())
-
-
-@attrs.define
-class Reply:
-    status: int = 200
-    body: Any = None  # bytes are sent raw, anything else as JSON
-    hold: bool = False  # wait until the test ends before answering
-    trickle: bool = False  # send the body one byte at a time, forever
-
-
-class Server(ThreadingHTTPServer):
-    # Join handler threads on close, so nothing outlives the test.
-    daemon_threads = False
-    block_on_close = True
-
-    def __init__(self, port: int = 0) -> None:
-        super().__init__(("127.0.0.1", port), _Handler)
-        self.received: list[Received] = []
-        self.respond: Callable[[Received], Reply] = lambda _: Reply(404)
-        self.release = threading.Event()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/users"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Server
-    protocol_version = "HTTP/1.0"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _handle(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        parts = urlsplit(self.path)
-        request = Received(
-            method=self.command,
-            path=parts.path,
-            query=parse_qs(parts.query),
-            headers={k.lower(): v for k, v in self.headers.items()},
-            body=self.rfile.read(length),
-        )
-        self.server.received.append(request)
-        reply = self.server.respond(request)
-        if reply.hold:
-            self.server.release.wait(30)
-            return
-        body = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
-        if reply.body is None:
-            body = b""
-        self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(1000 if reply.trickle else len(body)))
-        self.end_headers()
-        if reply.trickle:
-            try:
-                while not self.server.release.wait(0.05):
-                    self.wfile.write(b" ")
-                    self.wfile.flush()
-            except OSError:
-                pass  # the client gave up, as it should
-            return
-        self.wfile.write(body)
-
-    do_GET = _handle
-    do_POST = _handle
-
-
-def start_server(port: int = 0) -> Server:
-    srv = Server(port)
-    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}).start()
-    return srv
-
-
-def stop_server(srv: Server) -> None:
-    srv.release.set()
-    srv.shutdown()
-    srv.server_close()
+def start_server(port: int = 0) -> WebhookServer:
+    return _start_server("/users", port=port)
 
 
 @pytest.fixture
-def server() -> Iterator[Server]:
-    srv = start_server()
-    yield srv
-    stop_server(srv)
+def server() -> Iterator[WebhookServer]:
+    with running_server("/users") as srv:
+        yield srv
 
 
 @pytest.fixture
@@ -156,7 +64,7 @@ GOOD = {
 # -- the success path ----------------------------------------------------------------------
 
 
-async def test_good_user_get(server: Server, client: httpx.AsyncClient) -> None:
+async def test_good_user_get(server: WebhookServer, client: httpx.AsyncClient) -> None:
     server.respond = answer(200, GOOD)
     backend = HttpUserBackend(server.url, headers={"Authorization": "Bearer t0k"}, client=client)
     user = await backend.get_user("1001", "pbx.com")
@@ -178,7 +86,7 @@ async def test_good_user_get(server: Server, client: httpx.AsyncClient) -> None:
 
 
 async def test_minimal_reply_uses_requested_username(
-    server: Server, client: httpx.AsyncClient
+    server: WebhookServer, client: httpx.AsyncClient
 ) -> None:
     server.respond = answer(200, {"password": "pw", "id": "u-1", "email": None})
     user = await HttpUserBackend(server.url, client=client).get_user("1002", "pbx.com")
@@ -187,7 +95,9 @@ async def test_minimal_reply_uses_requested_username(
     assert user.enabled and not user.allow_guest_calls
 
 
-async def test_post_form_with_custom_field_names(server: Server, client: httpx.AsyncClient) -> None:
+async def test_post_form_with_custom_field_names(
+    server: WebhookServer, client: httpx.AsyncClient
+) -> None:
     server.respond = answer(200, GOOD)
     backend = HttpUserBackend(
         server.url,
@@ -210,7 +120,7 @@ async def test_post_form_with_custom_field_names(server: Server, client: httpx.A
 # -- HA1 instead of a password (beyond RustPBX) ---------------------------------------------
 
 
-async def test_password_ha1_field(server: Server, client: httpx.AsyncClient) -> None:
+async def test_password_ha1_field(server: WebhookServer, client: httpx.AsyncClient) -> None:
     ha1 = compute_ha1("1001", "pbx.com", "secret", "MD5")
     server.respond = answer(200, {"username": "1001", "password_ha1": ha1.upper()})
     user = await HttpUserBackend(server.url, client=client).get_user("1001", "pbx.com")
@@ -222,7 +132,7 @@ async def test_password_ha1_field(server: Server, client: httpx.AsyncClient) -> 
     assert secret.algorithms() == ("MD5", "MD5-sess")
 
 
-async def test_ha1_flag_sha256(server: Server, client: httpx.AsyncClient) -> None:
+async def test_ha1_flag_sha256(server: WebhookServer, client: httpx.AsyncClient) -> None:
     ha1 = compute_ha1("1001", "pbx.com", "secret", "SHA-256")
     server.respond = answer(200, {"username": "1001", "password": ha1, "ha1": True})
     user = await HttpUserBackend(server.url, client=client).get_user("1001", "pbx.com")
@@ -233,7 +143,7 @@ async def test_ha1_flag_sha256(server: Server, client: httpx.AsyncClient) -> Non
 
 
 async def test_both_ha1_markers_give_both_algorithms(
-    server: Server, client: httpx.AsyncClient
+    server: WebhookServer, client: httpx.AsyncClient
 ) -> None:
     md5 = compute_ha1("1001", "pbx.com", "secret", "MD5")
     sha = compute_ha1("1001", "pbx.com", "secret", "SHA-256")
@@ -244,7 +154,7 @@ async def test_both_ha1_markers_give_both_algorithms(
 
 
 async def test_hex_password_without_marker_is_plaintext(
-    server: Server, client: httpx.AsyncClient
+    server: WebhookServer, client: httpx.AsyncClient
 ) -> None:
     hexlike = "0123456789abcdef0123456789abcdef"
     server.respond = answer(200, {"password": hexlike})
@@ -261,7 +171,7 @@ async def test_hex_password_without_marker_is_plaintext(
     ],
 )
 async def test_malformed_ha1_is_backend_error(
-    server: Server, client: httpx.AsyncClient, body: dict[str, Any]
+    server: WebhookServer, client: httpx.AsyncClient, body: dict[str, Any]
 ) -> None:
     server.respond = answer(200, body)
     with pytest.raises(UserBackendError, match="HA1"):
@@ -281,13 +191,13 @@ async def test_malformed_ha1_is_backend_error(
     ],
 )
 async def test_unknown_user_is_none(
-    server: Server, client: httpx.AsyncClient, status: int, body: Any
+    server: WebhookServer, client: httpx.AsyncClient, status: int, body: Any
 ) -> None:
     server.respond = answer(status, body)
     assert await HttpUserBackend(server.url, client=client).get_user("9", "pbx.com") is None
 
 
-async def test_403_invalid_is_rejected(server: Server, client: httpx.AsyncClient) -> None:
+async def test_403_invalid_is_rejected(server: WebhookServer, client: httpx.AsyncClient) -> None:
     server.respond = answer(403, {"reason": "invalid", "message": "bad account"})
     with pytest.raises(UserRejected) as info:
         await HttpUserBackend(server.url, client=client).get_user("1001", "pbx.com")
@@ -299,7 +209,7 @@ async def test_403_invalid_is_rejected(server: Server, client: httpx.AsyncClient
 
 
 async def test_403_without_body_is_rejected_as_invalid(
-    server: Server, client: httpx.AsyncClient
+    server: WebhookServer, client: httpx.AsyncClient
 ) -> None:
     server.respond = answer(403, b"Forbidden")
     with pytest.raises(UserRejected) as info:
@@ -307,7 +217,7 @@ async def test_403_without_body_is_rejected_as_invalid(
     assert info.value.reason == "invalid"
 
 
-async def test_spam(server: Server, client: httpx.AsyncClient) -> None:
+async def test_spam(server: WebhookServer, client: httpx.AsyncClient) -> None:
     server.respond = answer(403, {"reason": "spam", "message": "scanner"})
     with pytest.raises(UserRejected) as info:
         await HttpUserBackend(server.url, client=client).get_user("admin", "pbx.com")
@@ -319,7 +229,9 @@ async def test_spam(server: Server, client: httpx.AsyncClient) -> None:
     ("status", "body"),
     [(200, {**GOOD, "enabled": False}), (403, {"reason": "disabled", "message": "unpaid"})],
 )
-async def test_disabled(server: Server, client: httpx.AsyncClient, status: int, body: Any) -> None:
+async def test_disabled(
+    server: WebhookServer, client: httpx.AsyncClient, status: int, body: Any
+) -> None:
     server.respond = answer(status, body)
     with pytest.raises(UserRejected) as info:
         await HttpUserBackend(server.url, client=client).get_user("1001", "pbx.com")
@@ -330,7 +242,7 @@ async def test_disabled(server: Server, client: httpx.AsyncClient, status: int, 
 
 
 async def test_timeout_is_backend_error(
-    server: Server, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    server: WebhookServer, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     server.respond = answer(hold=True)
     backend = HttpUserBackend(server.url, timeout=0.3, client=client)
@@ -340,7 +252,7 @@ async def test_timeout_is_backend_error(
 
 
 async def test_trickling_server_cannot_outlast_the_deadline(
-    server: Server, client: httpx.AsyncClient
+    server: WebhookServer, client: httpx.AsyncClient
 ) -> None:
     # Each byte arrives well within httpx's read timeout; only the overall guard stops it.
     server.respond = answer(200, trickle=True)
@@ -362,7 +274,7 @@ async def test_trickling_server_cannot_outlast_the_deadline(
     ],
 )
 async def test_bad_answers_are_backend_errors(
-    server: Server,
+    server: WebhookServer,
     client: httpx.AsyncClient,
     caplog: pytest.LogCaptureFixture,
     status: int,
@@ -391,7 +303,7 @@ async def test_connection_refused_is_backend_error(client: httpx.AsyncClient) ->
 
 
 async def test_own_client_is_closed_shared_one_is_not(
-    server: Server, client: httpx.AsyncClient
+    server: WebhookServer, client: httpx.AsyncClient
 ) -> None:
     server.respond = answer(200, GOOD)
     async with HttpUserBackend(server.url) as own:
@@ -404,7 +316,7 @@ async def test_own_client_is_closed_shared_one_is_not(
     assert await shared.get_user("1001", "pbx.com") is not None
 
 
-async def test_from_config(server: Server, client: httpx.AsyncClient) -> None:
+async def test_from_config(server: WebhookServer, client: httpx.AsyncClient) -> None:
     server.respond = answer(200, GOOD)
     cfg = HttpUserBackendConfig(
         url=server.url,
