@@ -34,7 +34,6 @@ from attrs import define
 
 from .authn import Authenticated, Authenticator, answer_refusal
 from .b2bua.call import Call, CallServices
-from .b2bua.events import CallState
 from .b2bua.leg import Leg
 from .b2bua.registry import CallRegistry
 from .config import AclRule
@@ -273,7 +272,3 @@ class Proxy(RequestHandler):
         if not self.local_realms:
             return True
         return uri.host.lower() in self.local_realms
-
-    # -- for the console and AMI -----------------------------------------------------------
-    def active_calls(self) -> list[Call]:
-        return [c for c in self.calls if c.state is not CallState.ENDED]

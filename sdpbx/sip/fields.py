@@ -14,7 +14,7 @@ import re
 from attrs import evolve, frozen
 
 from .errors import SipParseError
-from .uri import AbsoluteUri, Uri, format_host, parse_uri
+from .uri import Uri, format_host, parse_uri
 
 __all__ = ["CSeq", "NameAddr", "Params", "Via", "parse_header_params"]
 
@@ -350,15 +350,3 @@ def _parse_via(value: str) -> Via:
 @functools.lru_cache(maxsize=8192)
 def _parse_name_addr(value: str) -> NameAddr:
     return NameAddr._parse(value)
-
-
-def uri_is_sip(uri: Uri) -> bool:
-    return not isinstance(uri, AbsoluteUri) and uri.scheme in ("sip", "sips")
-
-
-def parse_uri_value(text: str) -> Uri:
-    """Parse a bare URI, stripping the angle brackets if present."""
-    text = text.strip()
-    if text.startswith("<") and text.endswith(">"):
-        text = text[1:-1]
-    return parse_uri(text)
