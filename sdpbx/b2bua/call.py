@@ -209,8 +209,7 @@ class Call:
             self.caller = decision.caller
         if decision.action == "spam":
             log.info("call %s from %s dropped as spam", self.id, self.incoming.peer.address)
-            if self.incoming.transaction is not None:
-                self._svc.stack.abandon(self.incoming.transaction)
+            self.incoming.drop()
             self._svc.registry.spam_calls += 1
             self._end("rejected", 0)
             return
