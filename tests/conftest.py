@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+#: Test data that travels with the repository: the RFC 4475/5118 torture
+#: corpus, SIPp scenarios and the tone checker, laid out as in ``shared/``.
+DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture
@@ -17,10 +19,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    """The read-only ``shared/`` folder that sits beside the repository."""
-    if not SHARED.is_dir():
-        pytest.skip(f"shared material not found at {SHARED}")
-    return SHARED
+    """The test data folder (``tests/data``), laid out as the project's ``shared/``."""
+    return DATA
 
 
 @pytest.fixture(scope="session")
