@@ -64,6 +64,8 @@ class ProxyStats:
     invites: int = 0
     rejected_shutdown: int = 0
     unknown_dialogs: int = 0
+    #: Calls that ended on a fault the call contained (a router's bug, a bad callee).
+    call_errors: int = 0
 
 
 class Proxy(RequestHandler):
@@ -116,6 +118,7 @@ class Proxy(RequestHandler):
             ring_timeout=ring_timeout,
             user_agent=user_agent,
             clock=clock,
+            on_error=self._call_failed,
         )
 
     @classmethod
@@ -156,12 +159,15 @@ class Proxy(RequestHandler):
         if tg is not None:
             tg.start_soon(self._guarded, fn)
 
-    @staticmethod
-    async def _guarded(fn: Callable[[], Awaitable[None]]) -> None:
+    async def _guarded(self, fn: Callable[[], Awaitable[None]]) -> None:
         try:
             await fn()
         except Exception:
+            self.stats.call_errors += 1
             log.exception("background task failed")
+
+    def _call_failed(self) -> None:
+        self.stats.call_errors += 1
 
     # -- the transaction user ----------------------------------------------------------
     def allowed(self, host: str) -> bool:
@@ -261,7 +267,8 @@ class Proxy(RequestHandler):
 
         async def route() -> RouteDecision:
             decision = await self.router.route(route_request)
-            call.direction = direction_after_route(direction, decision)
+            if isinstance(decision, RouteDecision):  # the Call judges anything else
+                call.direction = direction_after_route(direction, decision)
             return decision
 
         self._spawn(lambda: call.run(route))

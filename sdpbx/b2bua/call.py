@@ -93,6 +93,8 @@ class CallServices:
     ring_timeout: float = 60.0
     user_agent: str | None = None
     clock: Callable[[], float] = time.time
+    #: Told of every fault a call contained (the proxy counts them in its stats).
+    on_error: Callable[[], None] = lambda: None
 
 
 @define
@@ -185,17 +187,54 @@ class Call:
             CallStarted(self.id, self.started_at, self.caller, self.callee, self.direction)
         )
         try:
-            with anyio.CancelScope() as scope:
-                self._setup_scope = scope
-                await self._setup(route)
-            self._setup_scope = None
-            if self._cancelled and self.winner is None:
-                self._fail(487, self._forced_reason or "canceled")
-            if self.winner is not None:
-                await self._done.wait()
+            try:
+                with anyio.CancelScope() as scope:
+                    self._setup_scope = scope
+                    await self._setup(route)
+                self._setup_scope = None
+                if self._cancelled and self.winner is None:
+                    self._fail(487, self._forced_reason or "canceled")
+                if self.winner is not None:
+                    await self._done.wait()
+            except Exception as exc:
+                self._crashed(exc)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._cleanup()
+
+    def _crashed(self, exc: Exception) -> None:
+        """The one guard of a call: whatever broke, log it, count it, answer the
+        caller (500) or hang up both legs, and let cleanup free the rest.
+
+        Runs in an ``except`` block, so nothing in here may raise.
+        """
+        try:
+            log.error("call %s from %s failed", self.id, self.incoming.peer.address, exc_info=exc)
+            self._svc.on_error()
+        except Exception:  # a broken log handler or counter must not stop the cleanup
+            pass
+        for leg in self.callee_legs:
+            try:
+                if leg is not self.winner and not leg.answered and not leg.cancelled:
+                    client = leg.client
+                    if client is not None and client.final is None:
+                        leg.cancelled = True
+                        self._spawn(self._cancel_leg, leg)
+            except Exception:
+                log.exception("call %s: cannot cancel %s", self.id, leg.label)
+        try:
+            if self.winner is not None:
+                self._spawn(self._bye, self.caller_leg)
+                self._spawn(self._bye, self.winner)
+                self._end("bySystem", self.status_code or 500)
+            else:
+                self._fail(500, "failed", text="Internal Error")
+        except Exception:
+            log.exception("call %s: cannot end the call", self.id)
+            self._end("bySystem", 500)
+
+    def _spawn(self, fn: Callable[[Leg], Awaitable[None]], leg: Leg) -> None:
+        self._svc.spawn(lambda: fn(leg))
 
     async def _setup(self, route: Callable[[], Awaitable[RouteDecision]]) -> None:
         try:
@@ -203,6 +242,21 @@ class Call:
         except RouterError as exc:
             log.warning("call %s: routing failed: %s", self.id, exc)
             self._fail(503, "failed", text="Routing Failed")
+            return
+        except Exception as exc:
+            # A router is user code: its bug is this call's failure, not the server's.
+            log.error("call %s: the router failed", self.id, exc_info=exc)
+            self._svc.on_error()
+            self._fail(500, "failed", text="Router Error")
+            return
+        if not isinstance(decision, RouteDecision):
+            log.error(
+                "call %s: the router returned %s, not a RouteDecision",
+                self.id,
+                type(decision).__name__,
+            )
+            self._svc.on_error()
+            self._fail(500, "failed", text="Router Error")
             return
         self.decision = decision
         if decision.caller:
@@ -329,7 +383,7 @@ class Call:
         except anyio.get_cancelled_exc_class():
             if not leg.answered:
                 leg.cancelled = True
-                svc.spawn(lambda: self._cancel_leg(leg))
+                self._spawn(self._cancel_leg, leg)
             raise
         finally:
             if acquired and self.winner is not leg:
@@ -407,7 +461,7 @@ class Call:
                 # A late 2xx of another fork: acknowledge it and hang it up.
                 leg.dialog = Dialog.as_uac(leg.invite, response)
                 self._ack(leg)
-                svc.spawn(lambda: self._bye(leg))
+                self._spawn(self._bye, leg)
                 return
             self.winner = leg
             leg.answered = True
@@ -415,7 +469,7 @@ class Call:
             if self.incoming.request.body:
                 self._ack(leg)
             else:
-                svc.spawn(lambda: self._ack_late_offer(leg))
+                self._spawn(self._ack_late_offer, leg)
             body = response.body
             if body:
                 body = await svc.media.answer(self.id, leg.label, body)
