@@ -90,14 +90,46 @@ class IncomingRequest:
         ``to_tag`` overrides this request's own tag: the 200 to a CANCEL
         carries the tag of the INVITE's responses (RFC 3261 §9.2).
         """
+        response = self._build(status, reason, headers, body, to_tag)
+        self.send(response)
+        return response
+
+    def respond_stateless(
+        self,
+        status: int,
+        reason: str | None = None,
+        *,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> Response:
+        """Answer once with a final response and keep nothing (anti-amplification).
+
+        Built like :meth:`respond`, sent once without retransmissions, and the
+        server transaction is forgotten at once: a retransmitted request is then
+        a new one and gets the same cheap answer. For challenges (401/407) and
+        rejections to unauthenticated sources, as Kamailio answers them.
+        """
+        txn = self.transaction
+        if txn is None:
+            raise RuntimeError("an ACK cannot be answered")
+        response = self._build(status, reason, headers, body, None)
+        self._stack.respond_stateless(txn, response)
+        return response
+
+    def _build(
+        self,
+        status: int,
+        reason: str | None,
+        headers: Iterable[tuple[str, str]],
+        body: bytes,
+        to_tag: str | None,
+    ) -> Response:
         extra = list(headers)
         if self._stack.user_agent:
             extra.append(("Server", self._stack.user_agent))
-        response = make_response(
+        return make_response(
             self.request, status, reason, to_tag=to_tag or self.to_tag, headers=extra, body=body
         )
-        self.send(response)
-        return response
 
     def drop(self) -> None:
         """Never answer (spam, a blocked source): retransmissions are absorbed

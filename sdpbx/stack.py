@@ -259,6 +259,11 @@ class SipStack:
         self.layer.respond(transaction, response, now=self.clock())
         self._flush()
 
+    def respond_stateless(self, transaction: ServerTransaction, response: Response) -> None:
+        """Send one final response and forget the transaction (see IncomingRequest)."""
+        self.layer.respond_stateless(transaction, response)
+        self._flush()
+
     def abandon(self, transaction: ServerTransaction) -> None:
         """Leave a request unanswered for good (spam): retransmissions are absorbed."""
         self.layer.abandon(transaction, now=self.clock())

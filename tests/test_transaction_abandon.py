@@ -70,3 +70,47 @@ def test_answer_after_abandon_ends_once() -> None:
     assert len(layer.datagrams_to_send()) == 1
     layer.handle_timer(100.0)
     assert len(layer) == 0
+
+
+@pytest.mark.parametrize("method", ["REGISTER", "INVITE"])
+def test_respond_stateless_sends_once_and_forgets(method: str) -> None:
+    layer = TransactionLayer(TimerConfig())
+    request = _request(method)
+    outcome = layer.receive_request(
+        request, source="peer", response_destination="peer", reliable=False, now=0.0
+    )
+    assert isinstance(outcome, NewTransaction)
+    txn = outcome.transaction
+    layer.respond_stateless(txn, make_response(request, 407, to_tag="t"))
+    assert [d for _, d in layer.datagrams_to_send()] == ["peer"]
+    assert len(layer) == 0 and layer.next_deadline() is None
+    # The retransmission is new: the TU answers it again, statelessly.
+    again = layer.receive_request(
+        request, source="peer", response_destination="peer", reliable=False, now=0.5
+    )
+    assert isinstance(again, NewTransaction)
+    with pytest.raises(LocalProtocolError):
+        layer.respond(txn, make_response(request, 200), now=1.0)
+
+
+def test_respond_stateless_needs_a_final_response() -> None:
+    layer = TransactionLayer(TimerConfig())
+    request = _request("INVITE")
+    outcome = layer.receive_request(
+        request, source="peer", response_destination="peer", reliable=False, now=0.0
+    )
+    assert isinstance(outcome, NewTransaction)
+    with pytest.raises(LocalProtocolError):
+        layer.respond_stateless(outcome.transaction, make_response(request, 100))
+
+
+def test_forget_is_idempotent_and_silent() -> None:
+    layer = TransactionLayer(TimerConfig())
+    outcome = layer.receive_request(
+        _request("INVITE"), source="peer", response_destination="peer", reliable=False, now=0.0
+    )
+    assert isinstance(outcome, NewTransaction)
+    layer.forget(outcome.transaction)
+    layer.forget(outcome.transaction)
+    assert len(layer) == 0 and layer.next_deadline() is None
+    assert layer.datagrams_to_send() == []

@@ -276,6 +276,36 @@ class ServerSide(LayerCore):
             return
         raise LocalProtocolError(f"cannot send {status} on {txn!r}")
 
+    def respond_stateless(self, transaction: ServerTransaction, response: Response) -> None:
+        """Send one final response, then forget ``transaction`` at once (no Timer G, J, H).
+
+        What Kamailio's ``sl_send_reply`` does for challenges and rejections: a 407 that
+        an attacker's forged source would get retransmitted eleven times costs one datagram
+        and no state. The request's retransmissions start new transactions and get the same
+        one cheap answer.
+        """
+        txn = transaction
+        if txn._layer is not self:
+            raise LocalProtocolError("this transaction belongs to another layer")
+        if not 200 <= response.status <= 699:
+            raise LocalProtocolError(f"a stateless response must be final, not {response.status}")
+        if response.cseq.method != txn.method:
+            raise LocalProtocolError(f"a {response.cseq.method} response on a {txn.method}")
+        if txn.state is not PROCEEDING and txn.state is not TRYING:
+            raise LocalProtocolError(f"cannot send {response.status} on {txn!r}")
+        txn.last_response = response
+        self._out.append((bytes(response), txn.response_destination))
+        self._terminate(txn)
+
+    def forget(self, transaction: ServerTransaction) -> None:
+        """Drop ``transaction`` now, whatever its state: indexes, timers, nothing sent.
+
+        The boundary a TU (or the stack) uses when it cannot answer through the
+        transaction; idempotent, so an error path may call it without checking.
+        """
+        if transaction._layer is self:
+            self._terminate(transaction)
+
     def abandon(self, transaction: ServerTransaction, *, now: float) -> None:
         """Never answer ``transaction`` (a request judged to be spam).
 
