@@ -103,6 +103,9 @@ class StackStats:
     overload_rejections: int = 0
     send_errors: int = 0
     handler_errors: int = 0
+    #: Failures of the stack itself (a bug) caught at a message, timer or send boundary.
+    internal_errors: int = 0
+    timer_errors: int = 0
 
 
 class RequestHandler:
@@ -313,27 +316,28 @@ class SipStack:
 
     # -- TransportHandler -----------------------------------------------------
     def message_received(self, data: bytes, peer: Peer) -> None:
+        """The boundary of one inbound message: nothing raised here reaches a transport."""
         try:
-            message = parse_message(data, datagram=peer.connection_id is None)
-        except SipParseError as exc:
-            self.stats.parse_errors += 1
-            self._answer_malformed(data, peer, exc)
-            return
-        try:
-            if isinstance(message, Request):
-                self.stats.requests_received += 1
-                self._request_received(message, peer)
-            else:
-                self.stats.responses_received += 1
-                self._response_received(message)
-        except SipParseError as exc:
-            # A header nobody read during parsing turned out to be malformed.
-            self.stats.parse_errors += 1
-            self._answer_malformed(data, peer, exc)
-        except Exception:
-            log.exception("error handling a message from %s", peer.address)
-            self.stats.handler_errors += 1
-        self._flush()
+            try:
+                message = parse_message(data, datagram=peer.connection_id is None)
+                if isinstance(message, Request):
+                    self.stats.requests_received += 1
+                    self._request_received(message, peer)
+                else:
+                    self.stats.responses_received += 1
+                    self._response_received(message)
+            except SipParseError as exc:
+                # Malformed at once, or a header nobody read during parsing.
+                self.stats.parse_errors += 1
+                self._answer_malformed(data, peer, exc.status, exc.reason)
+            except Exception:
+                self.stats.internal_errors += 1
+                log.exception("error handling %r from %s", _first_line(data), peer.address)
+                self._answer_malformed(data, peer, 500, "Server Internal Error")
+            self._flush()
+        except Exception:  # the last resort: an error path failed too
+            self.stats.internal_errors += 1
+            log.exception("unhandled error on %r from %s", _first_line(data), peer.address)
 
     def connection_lost(self, peer: Peer) -> None:
         try:
@@ -361,7 +365,15 @@ class SipStack:
             now=self.clock(),
         )
         if isinstance(outcome, NewTransaction):
-            self._new_transaction(request, peer, outcome.transaction)
+            txn = outcome.transaction
+            try:
+                self._new_transaction(request, peer, txn)
+            except BaseException:
+                # A stored transaction is answered through it or removed: the caller
+                # answers statelessly from the raw bytes, so forget it here.
+                if txn.last_response is None or txn.last_response.status < 200:
+                    self.layer.forget(txn)
+                raise
         elif isinstance(outcome, AckForInvite):
             self._dispatch(IncomingRequest(self, outcome.request, peer, None, outcome.transaction))
         elif isinstance(outcome, StrayAck):
@@ -412,25 +424,61 @@ class SipStack:
                     self._idle -= 1
                 self._queued -= 1
                 await self._run_handler(incoming)
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            pass  # the stack is closing
         finally:
             self._workers -= 1
 
     async def _run_handler(self, incoming: IncomingRequest) -> None:
+        """The boundary of one request: whatever the handler does, the worker survives."""
         try:
             await self.handler.handle_request(incoming)
         except SipParseError as exc:
             self.stats.parse_errors += 1
-            log.info("bad %s from %s: %s", incoming.request.method, incoming.peer.address, exc)
-            if not incoming.answered:
-                incoming.respond(exc.status, exc.reason[:80])
+            self._answer_failure(incoming, exc.status, exc.reason, error=False)
         except Exception:
             self.stats.handler_errors += 1
-            log.exception("handler failed on %s", incoming.request.method)
-            if not incoming.answered:
-                incoming.respond(500)
+            self._answer_failure(incoming, 500, "Server Internal Error", error=True)
         finally:
             self._pending -= 1
-            self._flush()
+            try:
+                self._flush()
+            except Exception:
+                self.stats.internal_errors += 1
+                log.exception("flush failed after %r", _safe_first_line(incoming.request))
+
+    def _answer_failure(
+        self, incoming: IncomingRequest, status: int, reason: str, *, error: bool
+    ) -> None:
+        """Log and answer a request whose handling failed; never raises.
+
+        ``incoming.respond()`` reads the request's To and CSeq, which may be
+        what failed: then the answer is built from the raw bytes, as for a
+        request that did not parse, and the transaction is forgotten.
+        """
+        try:
+            line = _safe_first_line(incoming.request)
+            if error:
+                log.exception("handler failed on %r from %s", line, incoming.peer.address)
+            else:
+                log.info("bad %r from %s: %s", line, incoming.peer.address, reason)
+            txn = incoming.transaction
+            if txn is None or incoming.answered:
+                return
+            try:
+                incoming.respond(status, reason[:80])
+                return
+            except Exception:
+                pass
+            self.layer.forget(txn)
+            destination = txn.response_destination
+            assert isinstance(destination, Peer)
+            data = _error_response(bytes(incoming.request), status, reason)
+            if data is not None:
+                self._send(data, destination)
+        except Exception:
+            self.stats.internal_errors += 1
+            log.exception("could not answer a failed request from %s", incoming.peer.address)
 
     def _response_received(self, response: Response) -> None:
         _ = response.cseq  # responses without a valid CSeq are dropped (RFC 4475 scalarlg)
@@ -438,20 +486,18 @@ class SipStack:
         if txn is None:
             self.stats.stray_responses += 1
 
-    def _answer_malformed(self, data: bytes, peer: Peer, exc: SipParseError) -> None:
+    def _answer_malformed(self, data: bytes, peer: Peer, status: int, reason: str) -> None:
         head = data.lstrip(b"\r\n")[:16]
         if head.startswith(b"SIP/") or not head:
             self.stats.malformed_responses_dropped += 1
-            log.info("dropped malformed response from %s: %s", peer.address, exc.reason)
+            log.info("dropped malformed response from %s: %s", peer.address, reason)
             return
-        response = _error_response(data, exc)
+        response = _error_response(data, status, reason)
         if response is None:
-            log.info("dropped unanswerable request from %s: %s", peer.address, exc.reason)
+            log.info("dropped unanswerable request from %s: %s", peer.address, reason)
             return
         self.stats.malformed_requests_answered += 1
-        log.info(
-            "answered %d to malformed request from %s: %s", exc.status, peer.address, exc.reason
-        )
+        log.info("answered %d to malformed request from %s: %s", status, peer.address, reason)
         if peer.connection_id is None:
             peer = Peer("UDP", peer.host, peer.port)
         self._send(response, peer)
@@ -488,16 +534,25 @@ class SipStack:
             self.stats.send_errors += 1
             log.warning("send to %s failed: %s", destination.address, exc)
             return
+        except Exception:
+            self.stats.send_errors += 1
+            log.exception("send to %s failed", destination.address)
+            return
         tg = self._tg
         if tg is not None:
             tg.start_soon(self._send_async, transport, data, destination)
 
     async def _send_async(self, transport: Transport, data: bytes, destination: Peer) -> None:
+        """A task of the server's group: it must end quietly whatever the transport raises
+        (an outbound WebSocket whose peer answered the handshake with garbage)."""
         try:
             await transport.send(data, destination)
         except OSError as exc:
             self.stats.send_errors += 1
             log.warning("send to %s failed: %s", destination.address, exc)
+        except Exception:
+            self.stats.send_errors += 1
+            log.exception("send to %s failed", destination.address)
 
     # -- timers -----------------------------------------------------------------
     def _next_sleep(self) -> float:
@@ -506,7 +561,12 @@ class SipStack:
         if deadline is not None:
             delays.append(deadline - self.clock())
         for client, clock in self._timer_clients:
-            d = client.next_deadline()
+            try:
+                d = client.next_deadline()
+            except Exception:
+                self.stats.timer_errors += 1
+                log.exception("next_deadline() of %r failed", client)
+                continue
             if d is not None:
                 delays.append(d - clock())
         return max(min(delays), 0.0) if delays else math.inf
@@ -534,18 +594,32 @@ class SipStack:
     def _on_timer(self) -> None:
         """asyncio timer callback: fire what is due, send, re-arm."""
         self._handle = None
+        self._timer_tick()
+
+    def _timer_tick(self) -> None:
+        """One pass of the timer, shared by both paths; never raises."""
         self._run_timers()
-        self._flush()
+        try:
+            self._flush()
+        except Exception:
+            self.stats.internal_errors += 1
+            log.exception("flush after the timers failed")
 
     def _run_timers(self) -> None:
+        """Fire what is due; each client fails on its own (one bad timer stops no other)."""
         try:
             self.layer.handle_timer(self.clock())
-            for client, clock in self._timer_clients:
+        except Exception:
+            self.stats.timer_errors += 1
+            log.exception("transaction timer handling failed")
+        for client, clock in self._timer_clients:
+            try:
                 d = client.next_deadline()
                 if d is not None and d <= clock():
                     client.handle_timer(clock())
-        except Exception:
-            log.exception("timer handling failed")
+            except Exception:
+                self.stats.timer_errors += 1
+                log.exception("timer client %r failed", client)
 
     async def _timer_loop(self) -> None:
         while True:
@@ -557,8 +631,7 @@ class SipStack:
             # While the timers run, _rearm() must not wake us: we recompute
             # the deadline at the top of the loop anyway.
             self._armed = -math.inf
-            self._run_timers()
-            self._flush()
+            self._timer_tick()
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
@@ -578,12 +651,33 @@ def _replace_top_via(request: Request, new_top: str) -> Request:
 _ERROR_COPY = frozenset({"via", "from", "to", "call-id", "cseq"})
 
 
-def _error_response(data: bytes, exc: SipParseError) -> bytes | None:
+def _first_line(data: bytes) -> str:
+    """The start line of raw bytes, for a log line (never raises)."""
+    return data.lstrip(b"\r\n")[:200].split(b"\n", 1)[0].decode("utf-8", "replace").strip()
+
+
+def _safe_first_line(request: Request) -> str:
+    try:
+        return _first_line(bytes(request))
+    except Exception:
+        return request.method
+
+
+def _error_response(data: bytes, status: int, reason: str) -> bytes | None:
     """A best-effort response to a request we could not parse.
 
     Copies the lines of Via, From, To, Call-ID and CSeq as they are; without
     a Via there is nowhere RFC 3261 would let us answer, so we stay silent.
+    Built from the raw bytes only: it never re-parses what failed.
     """
+    try:
+        return _build_error_response(data, status, reason)
+    except Exception:
+        log.exception("could not build a %d from %r", status, _first_line(data))
+        return None
+
+
+def _build_error_response(data: bytes, status: int, reason: str) -> bytes | None:
     text = data.decode("utf-8", "replace")
     head = text.split("\r\n\r\n", 1)[0].split("\n\n", 1)[0]
     lines = head.replace("\r\n", "\n").split("\n")
@@ -599,6 +693,6 @@ def _error_response(data: bytes, exc: SipParseError) -> bytes | None:
         canonical_key(n) == "to" and ";tag=" in v.replace(" ", "") for n, v in copied
     ):
         copied = [(n, f"{v};tag={new_tag()}" if canonical_key(n) == "to" else v) for n, v in copied]
-    reason = exc.reason.replace("\r", " ").replace("\n", " ")[:100]
-    response = Response.create(exc.status, Headers(copied), reason=reason)
+    reason = reason.replace("\r", " ").replace("\n", " ")[:100]
+    response = Response.create(status, Headers(copied), reason=reason)
     return bytes(response)
