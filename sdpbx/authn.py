@@ -16,7 +16,13 @@ The rules, in the order they apply:
    is ours is used. Values for other realms belong to other servers (RFC 3261
    §22.3) and values of unknown schemes (RFC 4475 regaut01) are skipped, so a
    request carrying only those is challenged, never refused. A malformed Digest
-   value is a 400.
+   value (any field: every one is validated when parsed), or a request whose
+   To/From cannot be read, is a 400: checking credentials fails only with
+   :class:`~sdpbx.sip.errors.SipParseError`, which becomes that 400 here.
+   Credentials whose digest ``uri`` does not name the Request-URI (RFC 7616
+   §3.4.6, compared by URI equivalence; the bare ``sip:host:port`` of the
+   Request-URI is accepted too unless ``strict_digest_uri``, as SIPp sends it)
+   are a 400 too.
 3. The credentials' username must equal the user of the To URI for REGISTER,
    of the From URI otherwise (``check_username``, on by default): a device may
    only register or call as itself. Some deployments (and SIPp's ``-au``) use
@@ -31,6 +37,12 @@ The rules, in the order they apply:
    ``stale=true``; a replayed nonce-count is re-challenged with a fresh nonce
    (friendlier than 403 to a phone that lost count, and useless to an attacker);
    a nonce we never issued is re-challenged too (a restart with a new secret).
+   Credentials without ``qop`` are re-challenged (offering qop=auth) unless
+   ``allow_qop_less`` is set for old phones; then each nonce answers one request.
+
+Challenges are sent statelessly (:meth:`IncomingRequest.respond_stateless`): an
+unauthenticated source, possibly a spoofed one, gets one response per request
+and no Timer G retransmissions, and costs no transaction state.
 """
 
 from __future__ import annotations
@@ -48,8 +60,8 @@ from .sip.auth import (
     DigestCredentials,
     DigestServer,
     NonceManager,
-    NonceStatus,
     UnsupportedAuthScheme,
+    digest_uri_matches,
 )
 from .sip.errors import SipParseError
 from .sip.message import Request
@@ -167,6 +179,8 @@ class Authenticator:
         backend_timeout: float = 5.0,
         check_username: bool = True,
         algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
+        allow_qop_less: bool = False,
+        strict_digest_uri: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if backend_timeout <= 0:
@@ -174,8 +188,9 @@ class Authenticator:
         self.users = users
         self._realm_for = realm_for
         self.nonces = nonces
-        self.digest = DigestServer(nonces, algorithms=algorithms)
+        self.digest = DigestServer(nonces, algorithms=algorithms, qop_required=not allow_qop_less)
         self.throttle = throttle
+        self.strict_digest_uri = strict_digest_uri
         self.backend_timeout = backend_timeout
         self.check_username = check_username
         self.clock = clock
@@ -240,16 +255,29 @@ class Authenticator:
             logger.debug("dropped %s from blocked source %s", request.method, source)
             return Drop("source blocked after repeated authentication failures")
 
-        realm = self.realm(request)
         try:
+            realm = self.realm(request)
             credentials = self._credentials(request, realm, proxy=proxy)
+            claimed = _claimed_user(request) if credentials is not None else None
+            request_uri = str(request.uri)
         except SipParseError as exc:
             stats.rejections += 1
             return Reject(400, f"malformed credentials: {exc.reason}"[:100])
         if credentials is None:
             return self.challenge(request, proxy=proxy)
 
-        if self.check_username and credentials.username != _claimed_user(request):
+        if not digest_uri_matches(credentials.uri, request_uri, strict=self.strict_digest_uri):
+            stats.rejections += 1
+            logger.info(
+                "%s from %s: digest uri %r is not the Request-URI %r",
+                request.method,
+                source,
+                credentials.uri,
+                request_uri,
+            )
+            return Reject(400, "Digest uri does not match the Request-URI")
+
+        if self.check_username and credentials.username != claimed:
             stats.rejections += 1
             logger.info(
                 "%s from %s: username %r is not the %s user",
@@ -261,7 +289,7 @@ class Authenticator:
             return Reject(403, "Username does not match the address")
 
         # A nonce we never issued costs an HMAC here, never a backend lookup.
-        if self.nonces.check(credentials.nonce, None, self.clock()) is NonceStatus.INVALID:
+        if not self.nonces.is_ours(credentials.nonce):
             return self.challenge(request, proxy=proxy)
 
         try:
@@ -292,6 +320,8 @@ class Authenticator:
             now=now,
             expected_realm=realm,
             body=request.body,
+            request_uri=request_uri,
+            strict_uri=self.strict_digest_uri,
         )
         if result is AuthResult.OK:
             assert user is not None
@@ -337,14 +367,18 @@ def answer_refusal(incoming: IncomingRequest, outcome: AuthOutcome) -> bool:
 
     A :class:`Drop` sends nothing: the server transaction absorbs
     retransmissions in silence and is then forgotten, so the source learns
-    nothing and memory does not grow under a scan.
+    nothing and memory does not grow under a scan. A :class:`Challenge` is sent
+    statelessly: the INVITE server transaction would otherwise retransmit it
+    (Timer G) until an ACK that a spoofed source never sends -- 11 responses
+    per request -- and a REGISTER's would be kept for Timer J; either way an
+    unauthenticated request must cost one response and no state.
     """
     if isinstance(outcome, Authenticated):
         return False
     if isinstance(outcome, Drop):
         incoming.drop()
     elif isinstance(outcome, Challenge):
-        incoming.respond(outcome.status, headers=outcome.headers)
+        incoming.respond_stateless(outcome.status, headers=outcome.headers)
     elif isinstance(outcome, Reject):
         incoming.respond(outcome.status, outcome.reason)
     elif isinstance(outcome, Unavailable):

@@ -204,6 +204,7 @@ def test_constructors_refuse_header_injection() -> None:
 # Values: any text without control characters, including quotes, backslashes, commas.
 _text = st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=30)
 _token = st.text(st.sampled_from("abcXYZ019-.!%*_+`'~"), min_size=1, max_size=12)
+_hex = st.text(st.sampled_from("0123456789abcdefABCDEF"), min_size=1, max_size=64)
 
 
 @given(
@@ -226,7 +227,7 @@ def test_challenge_round_trip(
     realm=_text,
     nonce=_text,
     uri=_text,
-    response=_text,
+    response=_hex,
     algorithm=st.one_of(st.sampled_from(ALGORITHMS), _token),
     qop=st.none() | _token.map(str.lower),
     cnonce=_text,
@@ -280,7 +281,7 @@ def make_server(
     lifetime: float = 300.0,
     max_tracked: int = 100_000,
     algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
-    qop_required: bool = False,
+    qop_required: bool = True,
 ) -> DigestServer:
     nonces = NonceManager(SECRET, lifetime=lifetime, max_tracked=max_tracked)
     return DigestServer(nonces, algorithms=algorithms, qop_required=qop_required)
@@ -498,7 +499,9 @@ def test_user_secret_validation() -> None:
 def test_auth_int_covers_the_body() -> None:
     server = make_server()
     challenge = server.challenges(REALM, 0.0)[0]
-    challenge = DigestChallenge(challenge.realm, challenge.nonce, "SHA-256", ("auth-int",))
+    challenge = DigestChallenge(
+        challenge.realm, challenge.nonce, "SHA-256", ("auth-int",), challenge.opaque
+    )
     creds = build_authorization(
         challenge,
         username="alice",
@@ -515,15 +518,18 @@ def test_auth_int_covers_the_body() -> None:
 def test_rfc2069_no_qop() -> None:
     server = make_server()
     base = server.challenges(REALM, 0.0)[1]
-    challenge = DigestChallenge(base.realm, base.nonce, base.algorithm)
+    challenge = DigestChallenge(base.realm, base.nonce, base.algorithm, (), base.opaque)
     creds = build_authorization(
         challenge, username="alice", password="secret", method="REGISTER", uri=URI
     )
     assert (creds.qop, creds.nc, creds.cnonce) == (None, None, None)
     parsed = DigestCredentials.parse(creds.to_header_value())
-    assert verify(server, parsed, 1.0) is AuthResult.OK
-    strict = make_server(qop_required=True)
-    assert verify(strict, parsed, 1.0) is AuthResult.UNSUPPORTED_ALGORITHM
+    # Refused by default: without a nonce-count nothing tells a replay apart.
+    assert verify(server, parsed, 1.0) is AuthResult.UNSUPPORTED_ALGORITHM
+    lenient = make_server(qop_required=False)
+    assert verify(lenient, parsed, 1.0) is AuthResult.OK
+    # ... and then the nonce is good for that one request only.
+    assert verify(lenient, parsed, 1.0) is AuthResult.REPLAY
 
 
 def test_choose_challenge_skips_what_it_cannot_answer() -> None:

@@ -8,13 +8,23 @@ old phones keep working while new ones never fall back.
 Nonces are stateless: an HMAC over the issue time and a random salt. Any nonce we
 issued verifies without a table, survives a restart that keeps the secret, and
 its age is read from the nonce itself. The only state is the nonce-count seen per
-nonce (replay protection); that table is bounded, and a nonce whose entry was
-evicted is answered as *stale*, which costs the client one extra round trip and
-never costs us memory.
+(nonce, user) (replay protection), recorded only for requests that proved the
+password; that table is bounded, and a nonce whose entry was evicted is answered
+as *stale*, which costs the client one extra round trip and never costs us
+memory. Credentials without ``qop`` (RFC 2069) carry no count, so they are
+refused unless the server allows them, and then their nonce answers exactly one
+request. The digest ``uri`` must name the same resource as the Request-URI
+(RFC 7616 §3.4.6): compared by URI equivalence (RFC 3261 §19.1.4), because a
+client or proxy may re-serialise the URI (host case, escapes, parameter order)
+while meaning the same target, and byte equality would refuse it for nothing.
 
 The header values are parsed leniently where real phones disagree (quoted or
 bare tokens, empty list elements, any case), and strictly where it matters
 (duplicate parameters, unterminated quotes and control characters are a 400).
+Every field is validated when a header is parsed -- text without control
+characters or undecodable bytes, a hexadecimal ``response``, tokens where
+tokens belong -- so that checking credentials can only fail with
+:class:`SipParseError`, never with an exception from deeper down.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from typing import Any
 from attrs import field, frozen
 
 from .errors import SipParseError
+from .uri import SipUri, parse_uri, unescape
 
 __all__ = [
     "ALGORITHMS",
@@ -49,6 +60,7 @@ __all__ = [
     "choose_challenge",
     "compute_ha1",
     "compute_response",
+    "digest_uri_matches",
 ]
 
 
@@ -152,7 +164,10 @@ _PARAM_RE = re.compile(
 _SEP_RE = re.compile(rf"{_WS}(?:,{_WS})*")
 _UNESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
 _TOKEN_RE = re.compile(rf"[{_TOKEN_CHARS}]+")
-_CTL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Control characters, and the lone surrogates that stand for bytes which were not
+# UTF-8 on the wire (headers are decoded with "surrogateescape").
+_CTL_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
+_HEX_RE = re.compile(r"[0-9A-Fa-f]{1,128}")
 _NC_RE = re.compile(r"[0-9A-Fa-f]{1,8}")
 
 
@@ -196,9 +211,15 @@ def _quote(text: str) -> str:
 
 
 def _check_text(_inst: object, attribute: Any, value: Any) -> None:
-    """Refuse control characters: they would let a value inject header lines."""
+    """Refuse control characters (they would let a value inject header lines) and
+    undecodable bytes (they cannot be hashed, nor compared with our own values)."""
     if value is not None and _CTL_RE.search(value):
-        raise ValueError(f"{attribute.name} contains a control character")
+        raise ValueError(f"{attribute.name} contains a control character or invalid UTF-8")
+
+
+def _check_hex(_inst: object, attribute: Any, value: Any) -> None:
+    if not _HEX_RE.fullmatch(value):
+        raise ValueError(f"{attribute.name} must be hexadecimal")
 
 
 def _check_token(_inst: object, attribute: Any, value: Any) -> None:
@@ -274,7 +295,7 @@ class DigestCredentials:
     realm: str = field(validator=_check_text)
     nonce: str = field(validator=_check_text)
     uri: str = field(validator=_check_text)
-    response: str = field(validator=_check_text)
+    response: str = field(validator=_check_hex)
     algorithm: str = field(default="MD5", converter=_canonical_algorithm, validator=_check_token)
     cnonce: str | None = field(default=None, validator=_check_text)
     nc: int | None = None
@@ -352,6 +373,9 @@ _SALT_LEN = 8
 _MAC_LEN = 16
 _RAW_LEN = _STAMP.size + _SALT_LEN + _MAC_LEN  # 32 bytes -> 43 base64 characters
 _NONCE_RE = re.compile(r"[A-Za-z0-9_-]{43}")
+#: The count recorded for a qop-less use: above any 8-hex-digit nc, so every
+#: later use of that nonce by that user is a replay.
+_SINGLE_USE = 0x1_0000_0000
 
 
 class NonceManager:
@@ -373,8 +397,10 @@ class NonceManager:
         self.max_tracked = max_tracked
         #: A fixed opaque value derived from the secret, so it too survives restarts.
         self.opaque = hmac.new(secret, b"sdpbx digest opaque", hashlib.sha256).hexdigest()[:32]
-        # nonce -> (issue time in ms, highest nonce-count seen), in first-use order.
-        self._seen: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        # (nonce, user) -> (issue time in ms, highest nonce-count seen), in
+        # first-use order. Per user, so one account's counts on a nonce it saw
+        # cannot turn another account's first use of that nonce into a replay.
+        self._seen: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
         # Every evicted nonce was issued at or before this time (ms).
         self._horizon = -(2**63)
 
@@ -400,9 +426,17 @@ class NonceManager:
             return None
         return int(_STAMP.unpack_from(payload)[0])
 
-    def check(self, nonce: str, nc: int | None, now: float, *, record: bool = True) -> NonceStatus:
-        """Classify a nonce as presented with ``nc`` (None when the client sent no qop).
+    def is_ours(self, nonce: str) -> bool:
+        """Whether we issued ``nonce`` (an HMAC, no table): a cheap first filter."""
+        return self._issued_at(nonce) is not None
 
+    def check(
+        self, nonce: str, nc: int | None, now: float, *, user: str = "", record: bool = True
+    ) -> NonceStatus:
+        """Classify a nonce as presented by ``user`` with ``nc``.
+
+        ``nc`` is None when the client sent no qop: such a nonce is good for one
+        request only (there is no count to tell a replay from a new request).
         With ``record=False`` the count table is left alone: a server checks
         first, verifies the digest, and records only a request that proved the
         password, so a forged request cannot burn a legitimate client's counts.
@@ -413,22 +447,22 @@ class NonceManager:
         age = now - issued / 1000
         if not -self.lifetime <= age <= self.lifetime:
             return NonceStatus.STALE
-        if nc is None:
-            return NonceStatus.VALID
-        entry = self._seen.get(nonce)
+        key = (nonce, user)
+        count = _SINGLE_USE if nc is None else nc
+        entry = self._seen.get(key)
         if entry is None:
             if issued <= self._horizon:
                 return NonceStatus.STALE
             if record:
-                self._track(nonce, issued, nc, now)
+                self._track(key, issued, count, now)
             return NonceStatus.VALID
-        if nc <= entry[1]:
+        if nc is None or nc <= entry[1]:
             return NonceStatus.REPLAY
         if record:
-            self._seen[nonce] = (issued, nc)
+            self._seen[key] = (issued, nc)
         return NonceStatus.VALID
 
-    def _track(self, nonce: str, issued: int, nc: int, now: float) -> None:
+    def _track(self, key: tuple[str, str], issued: int, nc: int, now: float) -> None:
         seen = self._seen
         expired_before = (now - self.lifetime) * 1000
         while seen:
@@ -437,7 +471,7 @@ class NonceManager:
                 break
             del seen[oldest]
             self._horizon = max(self._horizon, oldest_issued)
-        seen[nonce] = (issued, nc)
+        seen[key] = (issued, nc)
 
 
 # ---------------------------------------------------------------------------
@@ -452,8 +486,11 @@ class AuthResult(enum.Enum):
     BAD_CREDENTIALS = "bad_credentials"
     #: A correct digest seen before (nonce-count not increased).
     REPLAY = "replay"
-    #: A nonce (or opaque) we never issued.
+    #: A nonce (or opaque) we never issued, or the opaque we issued left out.
     INVALID_NONCE = "invalid_nonce"
+    #: The digest ``uri`` names another resource than the Request-URI: answer 400
+    #: (RFC 7616 §3.4.6), a sign of credentials lifted from another request.
+    URI_MISMATCH = "uri_mismatch"
     REALM_MISMATCH = "realm_mismatch"
     #: An algorithm or qop we do not accept, or no stored HA1 for it.
     UNSUPPORTED_ALGORITHM = "unsupported_algorithm"
@@ -521,7 +558,7 @@ class DigestServer:
         nonces: NonceManager,
         *,
         algorithms: Iterable[str] = ("SHA-256", "MD5"),
-        qop_required: bool = False,
+        qop_required: bool = True,
     ) -> None:
         self.nonces = nonces
         self.algorithms = tuple(_canonical_algorithm(a) for a in algorithms)
@@ -562,21 +599,35 @@ class DigestServer:
         now: float,
         expected_realm: str,
         body: bytes = b"",
+        request_uri: str | None = None,
+        strict_uri: bool = False,
     ) -> AuthResult:
+        """Check ``credentials`` for a ``method`` request to ``request_uri``.
+
+        ``request_uri`` (the Request-URI as received) should always be given;
+        without it the digest ``uri`` is not compared and credentials lifted
+        from a request to another target would verify. ``strict_uri``: see
+        :func:`digest_uri_matches`.
+        """
         if credentials.realm != expected_realm:
             return AuthResult.REALM_MISMATCH
+        if request_uri is not None and not digest_uri_matches(
+            credentials.uri, request_uri, strict=strict_uri
+        ):
+            return AuthResult.URI_MISMATCH
         algorithm = credentials.algorithm
         qop = credentials.qop
         if algorithm not in self.algorithms or qop not in (None, "auth", "auth-int"):
             return AuthResult.UNSUPPORTED_ALGORITHM
         if qop is None and self.qop_required:
             return AuthResult.UNSUPPORTED_ALGORITHM
-        status = self.nonces.check(credentials.nonce, credentials.nc, now, record=False)
+        user = credentials.username
+        status = self.nonces.check(credentials.nonce, credentials.nc, now, user=user, record=False)
         if status is NonceStatus.INVALID:
             return AuthResult.INVALID_NONCE
-        if credentials.opaque is not None and not hmac.compare_digest(
-            credentials.opaque, self.nonces.opaque
-        ):
+        # We always send an opaque, and RFC 7616 §3.3 has the client return it.
+        opaque = credentials.opaque
+        if opaque is None or not hmac.compare_digest(opaque.encode(), self.nonces.opaque.encode()):
             return AuthResult.INVALID_NONCE
         if secret is None or (algorithm.endswith("-sess") and credentials.cnonce is None):
             return AuthResult.BAD_CREDENTIALS
@@ -597,12 +648,71 @@ class DigestServer:
         if not hmac.compare_digest(expected, credentials.response.lower()):
             return AuthResult.BAD_CREDENTIALS
         if status is NonceStatus.VALID:
-            status = self.nonces.check(credentials.nonce, credentials.nc, now)
+            status = self.nonces.check(credentials.nonce, credentials.nc, now, user=user)
         if status is NonceStatus.STALE:
             return AuthResult.STALE
         if status is NonceStatus.REPLAY:
             return AuthResult.REPLAY
         return AuthResult.OK
+
+
+# URI parameters that make two SIP URIs differ when either has them (§19.1.4).
+_SIGNIFICANT_PARAMS = frozenset(("user", "ttl", "method", "maddr", "transport"))
+
+
+def _uri_params(uri: SipUri) -> dict[str, str]:
+    return {name.lower(): unescape(value or "").lower() for name, value in uri.params}
+
+
+def _sip_uris_equivalent(a: SipUri, b: SipUri) -> bool:
+    """RFC 3261 §19.1.4: scheme, user and password exactly (after unescaping), host
+    without case, port as written (no default), the parameters that matter when
+    either side has them, other parameters when both have them, all headers."""
+    if (a.scheme, a.user_unescaped, a.password, a.host.lower(), a.port) != (
+        b.scheme,
+        b.user_unescaped,
+        b.password,
+        b.host.lower(),
+        b.port,
+    ):
+        return False
+    pa, pb = _uri_params(a), _uri_params(b)
+    for name in _SIGNIFICANT_PARAMS:
+        if pa.get(name) != pb.get(name):
+            return False
+    if any(pb[name] != value for name, value in pa.items() if name in pb):
+        return False
+    headers_a = {(k.lower(), unescape(v)) for k, v in a.headers}
+    return headers_a == {(k.lower(), unescape(v)) for k, v in b.headers}
+
+
+def digest_uri_matches(digest_uri: str, request_uri: str, *, strict: bool = False) -> bool:
+    """Whether a digest ``uri`` names the Request-URI's resource (RFC 7616 §3.4.6).
+
+    SIP URIs compare by equivalence (RFC 3261 §19.1.4), anything else as text;
+    a ``uri`` that does not parse matches only itself. Unless ``strict``, a
+    digest ``uri`` that is just the Request-URI's server (``sip:host:port``, no
+    user, no parameters) matches too: SIPp 3.6 sends that by default (its
+    ``-auth_uri`` is ``remote_ip:remote_port``), and it still ties the
+    credentials to the server they were made for.
+    """
+    if digest_uri == request_uri:
+        return True
+    try:
+        a, b = parse_uri(digest_uri), parse_uri(request_uri)
+    except SipParseError:
+        return False
+    if isinstance(a, SipUri) and isinstance(b, SipUri):
+        if _sip_uris_equivalent(a, b):
+            return True
+        return (
+            not strict
+            and a.user is None
+            and not a.params
+            and not a.headers
+            and (a.scheme, a.host.lower(), a.port) == (b.scheme, b.host.lower(), b.port)
+        )
+    return str(a) == str(b)
 
 
 # ---------------------------------------------------------------------------
