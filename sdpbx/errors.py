@@ -7,7 +7,7 @@ libraries (httpx, sqlite3, ssl) are translated at the boundary where they occur.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "SdpbxError"]
+__all__ = ["ConfigError", "SdpbxError", "TransactionClosed", "TransactionTimedOut"]
 
 
 class SdpbxError(Exception):
@@ -25,3 +25,16 @@ class ConfigError(SdpbxError):
     def __init__(self, errors: list[tuple[str, str]]) -> None:
         self.errors = list(errors)
         super().__init__("; ".join(f"{path}: {message}" for path, message in self.errors))
+
+
+class TransactionClosed(SdpbxError):
+    """A client transaction ended without a final response.
+
+    The stack closed, or the transaction was destroyed (a CANCELled INVITE
+    whose final response never came, RFC 3261 §9.1). Catching this catches
+    :class:`TransactionTimedOut` too: both mean "no final response will come".
+    """
+
+
+class TransactionTimedOut(TransactionClosed):
+    """No final response came back before Timer B/F fired (RFC 3261 §17.1)."""

@@ -9,11 +9,13 @@ transaction, iterated for its responses. Both are thin handles on a
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING
 
 import anyio
 
+from .errors import TransactionClosed, TransactionTimedOut
 from .sip import Request, Response, make_response, new_tag
 from .sip.transaction import ClientTransaction, ServerTransaction
 from .transport.base import Peer
@@ -21,13 +23,12 @@ from .transport.base import Peer
 if TYPE_CHECKING:
     from .stack import SipStack
 
-__all__ = ["ClientRequest", "IncomingRequest", "TransactionTimedOut"]
+__all__ = ["ClientRequest", "IncomingRequest", "TransactionClosed", "TransactionTimedOut"]
 
 log = logging.getLogger("sdpbx.stack")
 
-
-class TransactionTimedOut(Exception):
-    """No final response came back before Timer B/F fired."""
+#: Responses buffered per client request before provisionals are dropped.
+_MAX_BUFFERED = 32
 
 
 class IncomingRequest:
@@ -149,40 +150,61 @@ class ClientRequest:
     ``async for response in client_request`` yields provisional responses and
     ends after the final one; :meth:`next_response` goes on from there (a 2xx
     of another downstream fork, or the 487 after a CANCEL). Timer B/F raises
-    :class:`TransactionTimedOut`. The stream closes when the transaction ends.
+    :class:`TransactionTimedOut`. When the transaction ends the stream ends
+    *after* every response already received (over TCP the final response and
+    the end arrive together); ending without a final response for another
+    reason raises :class:`TransactionClosed`.
     """
 
     def __init__(self, stack: SipStack, transaction: ClientTransaction) -> None:
         self._stack = stack
         self.transaction = transaction
         self.request = transaction.request
-        self._send, self._receive = anyio.create_memory_object_stream[Response | None](32)
+        # A deque and an Event rather than a memory stream: the stream must end
+        # after what is buffered, and a TU that never reads must leak nothing.
+        self._queue: deque[Response | None] = deque()
+        self._ended = False
+        self._wakeup: anyio.Event | None = None
         self.final: Response | None = None
         self.timed_out = False
 
     def _deliver(self, response: Response | None) -> None:
-        try:
-            self._send.send_nowait(response)
-        except anyio.WouldBlock:
-            # A peer flooding provisionals: losing a 180 is harmless, and a final
-            # response is never lost because the reader drains before it matters.
+        if self._ended:
+            return
+        queue = self._queue
+        if len(queue) >= _MAX_BUFFERED and response is not None and response.status < 200:
+            # A peer flooding provisionals: losing a 180 is harmless; finals are kept.
             log.warning("response queue full for %s, dropping %s", self.transaction, response)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass
+            return
+        queue.append(response)
+        self._wake()
+
+    def _wake(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
 
     def __aiter__(self) -> AsyncIterator[Response]:
         return self._iterate()
 
     async def next_response(self) -> Response:
-        """The next response; raises :class:`TransactionTimedOut` on Timer B/F.
+        """The next response; raises :class:`TransactionTimedOut` on Timer B/F and
+        :class:`TransactionClosed` when the transaction ended otherwise.
 
         Unlike iteration, this can be called again after the caller was
         interrupted, e.g. to collect the 487 (or a late 2xx) after a CANCEL.
         """
-        try:
-            response = await self._receive.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            raise TransactionTimedOut(self.request.method) from None
+        queue = self._queue
+        while not queue:
+            if self._ended:
+                if self.timed_out:
+                    raise TransactionTimedOut(self.request.method)
+                raise TransactionClosed(self.request.method)
+            if self._wakeup is None:
+                self._wakeup = anyio.Event()
+            await self._wakeup.wait()
+        response = queue.popleft()
         if response is None:
             self.timed_out = True
             raise TransactionTimedOut(self.request.method)
@@ -209,6 +231,13 @@ class ClientRequest:
         self.transaction.set_ack(ack, destination or self.transaction.destination)
         self._stack._flush()
 
+    def _finish(self) -> None:
+        """The transaction ended: what is buffered is still read, then the stream ends."""
+        self._ended = True
+        self._wake()
+
     def close(self) -> None:
-        self._send.close()
-        self._receive.close()
+        """The TU is done with this request: drop whatever was not read."""
+        self._ended = True
+        self._queue.clear()
+        self._wake()

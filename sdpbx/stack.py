@@ -38,7 +38,8 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from attrs import define
 
-from .exchanges import ClientRequest, IncomingRequest, TransactionTimedOut
+from .errors import TransactionClosed, TransactionTimedOut
+from .exchanges import ClientRequest, IncomingRequest
 from .sip import (
     Headers,
     Request,
@@ -74,6 +75,7 @@ __all__ = [
     "SipStack",
     "StackStats",
     "TimerClient",
+    "TransactionClosed",
     "TransactionTimedOut",
 ]
 
@@ -210,7 +212,7 @@ class SipStack:
                 self._work_send.close()
                 self._work_receive.close()
                 for client in self._clients:
-                    client.close()
+                    client._finish()
                 self._clients.clear()
 
     def add_timer_client(self, client: TimerClient, clock: Callable[[], float] = time.time) -> None:
@@ -520,7 +522,7 @@ class SipStack:
             elif isinstance(event, TransactionTerminated):
                 txn = event.transaction
                 if isinstance(txn, ClientTransaction) and isinstance(txn.context, ClientRequest):
-                    txn.context.close()
+                    txn.context._finish()  # a final response in the same pass is still read
                     self._clients.discard(txn.context)
                 txn.context = None
         self._rearm()

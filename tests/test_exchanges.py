@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import anyio
+import anyio.lowlevel
 import pytest
 
-from sdpbx.exchanges import IncomingRequest
-from sdpbx.sip import LocalProtocolError, Response, parse_message
+from sdpbx.errors import SdpbxError, TransactionClosed
+from sdpbx.exchanges import IncomingRequest, TransactionTimedOut
+from sdpbx.sip import LocalProtocolError, Request, Response, parse_message
+from sdpbx.sip.transaction import TransactionState
 from sdpbx.stack import RequestHandler, SipStack
 from sdpbx.testing import FakeClock
-from sdpbx.transport import MemoryNetwork, Peer
+from sdpbx.transport import MemoryNetwork, Peer, TcpTransport
 
 pytestmark = pytest.mark.anyio
 
@@ -111,3 +114,78 @@ async def test_respond_stateless_keeps_nothing_and_never_retransmits(
     stack._run_timers()
     stack._flush()
     assert len(network.sent) == sent
+
+
+class TryingThenFinal(RequestHandler):
+    """A UAS that sends 100 and a final response back to back."""
+
+    async def handle_request(self, incoming: IncomingRequest) -> None:
+        if incoming.request.method == "ACK":
+            return
+        incoming.respond(100)
+        incoming.respond(486 if incoming.request.method == "INVITE" else 200)
+
+
+def outgoing(method: str, n: int, port: int) -> Request:
+    return Request.create(
+        method,
+        f"sip:bob@127.0.0.1:{port}",
+        [
+            ("From", f"<sip:alice@127.0.0.1>;tag=f{n}"),
+            ("To", "<sip:bob@127.0.0.1>"),
+            ("Call-ID", f"tcp-{method}-{n}"),
+            ("CSeq", f"1 {method}"),
+            ("Max-Forwards", "70"),
+        ],
+    )
+
+
+@pytest.mark.parametrize("real", [False, True], ids=["memory", "loopback"])
+@pytest.mark.parametrize("method", ["OPTIONS", "INVITE"])
+async def test_tcp_final_response_is_delivered_after_termination(real: bool, method: str) -> None:
+    """Over TCP the transaction ends at once with the final response: the TU must still
+    see every response buffered before it (a callee's 486 became 408 before)."""
+    if real:
+        uas = SipStack([TcpTransport("127.0.0.1", 0)], TryingThenFinal())
+        uac = SipStack([TcpTransport("127.0.0.1", 0)])
+    else:
+        network = MemoryNetwork()
+        uas = SipStack([network.transport("TCP", "127.0.0.1", 5080)], TryingThenFinal())
+        uac = SipStack([network.transport("TCP", "127.0.0.1", 5081)])
+    async with anyio.create_task_group() as tg:
+        await tg.start(uas.serve)
+        await tg.start(uac.serve)
+        port = uas.transports[0].local_port
+        statuses = []
+        for n in range(5):
+            client = uac.send_request(outgoing(method, n, port), Peer("TCP", "127.0.0.1", port))
+            with anyio.fail_after(10):
+                # Let the whole exchange finish before reading, as a busy TU would.
+                while client.transaction.state is not TransactionState.TERMINATED:
+                    await anyio.lowlevel.checkpoint()
+                async for response in client:
+                    statuses.append(response.status)
+            assert client.final is not None
+        tg.cancel_scope.cancel()
+    final = 486 if method == "INVITE" else 200
+    assert statuses == [100, final] * 5
+
+
+async def test_closed_without_final_is_not_a_timeout() -> None:
+    network = MemoryNetwork()
+    uac = SipStack([network.transport("UDP", "127.0.0.1", 5082)])
+    async with anyio.create_task_group() as tg:
+        await tg.start(uac.serve)
+        client = uac.send_request(outgoing("OPTIONS", 1, 5083), Peer("UDP", "127.0.0.1", 5083))
+        uac.layer.forget(client.transaction)
+        uac._flush()
+        with pytest.raises(TransactionClosed) as info:
+            await client.final_response()
+        assert not isinstance(info.value, TransactionTimedOut)
+        assert not client.timed_out
+        tg.cancel_scope.cancel()
+
+
+def test_exception_tree() -> None:
+    assert issubclass(TransactionTimedOut, TransactionClosed)
+    assert issubclass(TransactionClosed, SdpbxError)

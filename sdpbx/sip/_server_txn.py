@@ -297,8 +297,9 @@ class ServerSide(LayerCore):
         self._out.append((bytes(response), txn.response_destination))
         self._terminate(txn)
 
-    def forget(self, transaction: ServerTransaction) -> None:
-        """Drop ``transaction`` now, whatever its state: indexes, timers, nothing sent.
+    def forget(self, transaction: Transaction) -> None:
+        """Drop ``transaction`` (server or client) now, whatever its state: indexes,
+        timers, nothing sent; the TU gets a TransactionTerminated.
 
         The boundary a TU (or the stack) uses when it cannot answer through the
         transaction; idempotent, so an error path may call it without checking.
