@@ -81,7 +81,8 @@ __all__ = [
 
 log = logging.getLogger("sdpbx.stack")
 
-ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK, MESSAGE"
+#: What we implement (in-dialog INFO/UPDATE/MESSAGE are relayed); no PRACK: RFC 3262 is not.
+ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, MESSAGE"
 
 
 class TimerClient(Protocol):
@@ -545,8 +546,7 @@ class SipStack:
             tg.start_soon(self._send_async, transport, data, destination)
 
     async def _send_async(self, transport: Transport, data: bytes, destination: Peer) -> None:
-        """A task of the server's group: it must end quietly whatever the transport raises
-        (an outbound WebSocket whose peer answered the handshake with garbage)."""
+        """A task of the server's group: ends quietly whatever the transport raises."""
         try:
             await transport.send(data, destination)
         except OSError as exc:

@@ -233,3 +233,16 @@ async def test_rejected_before_dispatch_leaves_no_transaction(
     assert all(400 <= status < 500 for status in answers)
     assert len(stack.layer) == 0
     assert not stack.layer._server and stack.layer.next_deadline() is None
+
+
+async def test_options_advertises_only_implemented_methods(
+    memory_rig: tuple[SipStack, Inbox],
+) -> None:
+    """PRACK (RFC 3262) is not implemented: advertising it invites 100rel calls we break."""
+    stack, inbox = memory_rig
+    stack.message_received(request("OPTIONS", "z9hG4bKallow"), PHONE)
+    (data,) = await inbox.wait_for(1)
+    answer = parse_message(data)
+    allow = {m.strip() for m in (answer.headers.get("allow") or "").split(",")}
+    assert "PRACK" not in allow
+    assert {"INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER"} <= allow
