@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio
+from anyio import TypedAttributeLookupError
 from anyio.abc import (
     ByteStream,
     SocketAttribute,
@@ -36,6 +37,7 @@ from anyio.streams.tls import TLSStream
 
 from ..sip.errors import SipParseError
 from ..sip.framing import StreamFramer
+from ._guard import LogLimiter, TransportStats, accept_forever, guarded
 from .base import Peer, TransportHandler, TransportName, next_connection_id
 
 __all__ = ["TcpTransport", "TlsTransport"]
@@ -146,6 +148,8 @@ class _StreamTransport:
         self._connecting: dict[tuple[str, int], anyio.Lock] = {}
         self._task_group: TaskGroup | None = None
         self._handler: TransportHandler | None = None
+        self.stats = TransportStats()
+        self._log = LogLimiter(logger)
 
     @property
     def local_host(self) -> str:
@@ -198,28 +202,37 @@ class _StreamTransport:
             self._handler = None
 
     async def _accept_loop(self, listener: SocketListener, tg: TaskGroup) -> None:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                # Out of file descriptors or similar: back off instead of spinning.
-                logger.warning("%s accept failed: %s", self.name, exc)
-                await anyio.sleep(0.1)
-                continue
-            tg.start_soon(self._serve_inbound, stream)
+        def spawn(stream: SocketStream) -> None:
+            tg.start_soon(self._guarded_inbound, stream)
+
+        await accept_forever(listener, spawn, self.name, self.stats, self._log)
+
+    async def _guarded_inbound(self, raw: SocketStream) -> None:
+        """One accepted connection, from accept to close, under the guard."""
+        try:
+            await guarded(
+                lambda: self._serve_inbound(raw),
+                lambda: f"inbound {self.name} connection",
+                self.stats,
+                self._log,
+            )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(raw)
 
     async def _serve_inbound(self, raw: SocketStream) -> None:
-        remote = raw.extra(SocketAttribute.remote_address)
+        try:
+            remote = raw.extra(SocketAttribute.remote_address)
+        except (TypedAttributeLookupError, OSError):
+            # The peer reset before we looked (getpeername: ENOTCONN).
+            logger.debug("%s connection gone before it was served", self.name)
+            return
         host, port = _normal_host(str(remote[0])), int(remote[1])
         try:
             stream = await self._wrap_inbound(raw)
-        except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                await anyio.aclose_forcefully(raw)
-            if isinstance(exc, (*_GONE, ssl.SSLError)):  # TimeoutError is an OSError
-                logger.debug("%s handshake with %s:%d failed: %s", self.name, host, port, exc)
-                return
-            raise
+        except (*_GONE, ssl.SSLError) as exc:  # TimeoutError is an OSError
+            logger.debug("%s handshake with %s:%d failed: %s", self.name, host, port, exc)
+            return
         conn = self._register(stream, host, port, self.idle_timeout)
         await self._run(conn)
 
@@ -348,7 +361,18 @@ class _StreamTransport:
         Raises :class:`OSError` when connecting fails, or when the connection's
         queue stays full for ``send_timeout`` seconds.
         """
-        conn = self._lookup(peer) or await self._connect(peer)
+        conn = self._lookup(peer)
+        if conn is None:
+            try:
+                conn = await self._connect(peer)
+            except OSError:
+                raise
+            except Exception as exc:
+                # e.g. UnicodeError from IDNA-encoding a hostile host name: the
+                # caller is promised OSError for every failure to deliver.
+                raise ConnectionError(
+                    f"{self.name} cannot connect to {peer.address}: {exc!r}"
+                ) from exc
         try:
             with anyio.fail_after(self.send_timeout):
                 await conn.outbox.send(data)
@@ -390,7 +414,13 @@ class _StreamTransport:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._connecting.pop(key, None)
         conn = self._register(stream, host, peer.port, self.outbound_idle_timeout)
-        tg.start_soon(self._run, conn)
+        tg.start_soon(
+            guarded,
+            lambda: self._run(conn),
+            lambda: f"{self.name} connection to {conn.peer.address}",
+            self.stats,
+            self._log,
+        )
         return conn
 
 

@@ -15,14 +15,23 @@ behind NAT need) or by its remote address.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import logging
 import ssl
-from typing import Any
 
 import anyio
-from anyio.abc import ByteStream, Listener, SocketAttribute, TaskGroup, TaskStatus
-from anyio.streams.tls import TLSListener
+from anyio import TypedAttributeLookupError
+from anyio.abc import (
+    ByteStream,
+    SocketAttribute,
+    SocketListener,
+    SocketStream,
+    TaskGroup,
+    TaskStatus,
+)
+from anyio.streams.tls import TLSStream
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
@@ -37,8 +46,9 @@ from wsproto.events import (
     TextMessage,
 )
 from wsproto.frame_protocol import CloseReason
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+from wsproto.utilities import LocalProtocolError
 
+from ._guard import LogLimiter, TransportStats, accept_forever, guarded
 from .base import Peer, TransportHandler, TransportName, next_connection_id
 
 __all__ = ["WsTransport"]
@@ -150,6 +160,8 @@ class WsTransport:
         self._by_id: dict[int, _Connection] = {}
         self._by_address: dict[tuple[str, int], _Connection] = {}
         self._connecting: dict[tuple[str, int], anyio.Event] = {}
+        self.stats = TransportStats()
+        self._log = LogLimiter(logger)
 
     @property
     def local_host(self) -> str:
@@ -185,22 +197,20 @@ class WsTransport:
     ) -> None:
         tcp = await anyio.create_tcp_listener(local_host=self.host, local_port=self._port)
         self._port = tcp.extra(SocketAttribute.local_port)
-        listener: Listener[Any] = tcp
-        if self.secure:
-            assert self.ssl_context is not None
-            listener = TLSListener(
-                tcp, self.ssl_context, standard_compatible=False, handshake_timeout=10.0
-            )
         self._handler = handler
         try:
-            async with anyio.create_task_group() as tg:
+            async with tcp, anyio.create_task_group() as tg:
                 self._tg = tg
+
+                def spawn(stream: SocketStream) -> None:
+                    tg.start_soon(self._guarded_accept, stream)
+
+                for listener in tcp.listeners:
+                    if isinstance(listener, SocketListener):
+                        tg.start_soon(
+                            accept_forever, listener, spawn, self.name, self.stats, self._log
+                        )
                 task_status.started()
-                try:
-                    await listener.serve(self._accept, task_group=tg)
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        await listener.aclose()
         finally:
             self._tg = None
 
@@ -212,9 +222,22 @@ class WsTransport:
         return False
 
     async def send(self, data: bytes, peer: Peer) -> None:
+        """Send over the peer's connection, connecting first if needed.
+
+        Raises only :class:`OSError`: a peer's malformed handshake answer (or a
+        host name the IDNA codec refuses) must not escape as a wsproto, h11 or
+        codec exception into the stack.
+        """
         conn = self._find(peer)
         if conn is None:
-            conn = await self._connect_once(peer.host, peer.port)
+            try:
+                conn = await self._connect_once(peer.host, peer.port)
+            except OSError:
+                raise
+            except Exception as exc:
+                raise ConnectionError(
+                    f"{self.name} cannot connect to {peer.address}: {exc!r}"
+                ) from exc
         await conn.send_message(data)
 
     def _find(self, peer: Peer) -> _Connection | None:
@@ -241,7 +264,13 @@ class WsTransport:
         try:
             conn = await self._connect(host, port)
             self._register(conn)
-            self._tg.start_soon(self._run, conn)
+            self._tg.start_soon(
+                guarded,
+                lambda: self._run(conn),
+                lambda: f"{self.name} connection to {conn.peer.address}",
+                self.stats,
+                self._log,
+            )
             return conn
         finally:
             del self._connecting[key]
@@ -280,9 +309,12 @@ class WsTransport:
                 raise ConnectionResetError("WebSocket handshake failed") from exc
             try:
                 ws.receive_data(data)
-            except RemoteProtocolError as exc:
-                raise ConnectionError(f"bad WebSocket handshake response: {exc}") from exc
-            for event in ws.events():
+                events = list(ws.events())
+            except Exception as exc:
+                # RemoteProtocolError, or a codec error on non-ASCII headers:
+                # either way the peer's answer is unusable.
+                raise ConnectionError(f"bad WebSocket handshake response: {exc!r}") from exc
+            for event in events:
                 if isinstance(event, AcceptConnection):
                     if event.subprotocol != SUBPROTOCOL:
                         raise ConnectionRefusedError("WebSocket server did not accept 'sip'")
@@ -295,18 +327,44 @@ class WsTransport:
 
     # -- accepting -------------------------------------------------------------
 
-    async def _accept(self, stream: ByteStream) -> None:
+    async def _guarded_accept(self, raw: SocketStream) -> None:
+        """One accepted connection, from accept to close, under the guard."""
         try:
-            ws: WSConnection | None = None
-            with anyio.move_on_after(self.handshake_timeout):
-                ws = await self._server_handshake(stream)
-        except BaseException:
-            await anyio.aclose_forcefully(stream)
-            raise
-        if ws is None:
-            await anyio.aclose_forcefully(stream)
+            await guarded(
+                lambda: self._accept(raw),
+                lambda: f"inbound {self.name} connection",
+                self.stats,
+                self._log,
+            )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(raw)
+
+    async def _accept(self, raw: SocketStream) -> None:
+        try:
+            remote = raw.extra(SocketAttribute.remote_address)
+        except (TypedAttributeLookupError, OSError):
+            logger.debug("%s connection gone before it was served", self.name)
             return
-        remote = stream.extra(SocketAttribute.remote_address)
+        ws: WSConnection | None = None
+        stream: ByteStream = raw
+        with anyio.move_on_after(self.handshake_timeout):
+            try:
+                if self.secure:
+                    assert self.ssl_context is not None
+                    stream = await TLSStream.wrap(
+                        raw,
+                        server_side=True,
+                        ssl_context=self.ssl_context,
+                        standard_compatible=False,
+                    )
+                ws = await self._server_handshake(stream)
+            except (*_GONE, anyio.EndOfStream, ssl.SSLError) as exc:
+                logger.debug("%s handshake from %s failed: %r", self.name, remote, exc)
+        if ws is None:
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(stream)
+            return
         host = str(remote[0]).removeprefix(_MAPPED_PREFIX) if "." in remote[0] else str(remote[0])
         peer = Peer(self.name, host, int(remote[1]), next_connection_id())
         conn = _Connection(stream, ws, peer)
@@ -324,14 +382,14 @@ class WsTransport:
             try:
                 ws.receive_data(data)
                 events = list(ws.events())
-            except RemoteProtocolError as exc:
-                hint = exc.event_hint
-                await _reject(
-                    stream,
-                    ws,
-                    hint.status_code if isinstance(hint, RejectConnection) else 400,
-                    str(exc),
-                )
+            except Exception as exc:
+                # wsproto parses hostile bytes: besides RemoteProtocolError it
+                # raises UnicodeError (IDNA Host) and UnicodeDecodeError
+                # (non-ASCII Connection, Protocol, Extensions, target). All of
+                # them mean "bad request", never "stop the listener".
+                hint = getattr(exc, "event_hint", None)
+                status = hint.status_code if isinstance(hint, RejectConnection) else 400
+                await _reject(stream, ws, status, f"bad WebSocket handshake: {exc}")
                 return None
             for event in events:
                 if isinstance(event, Request):
@@ -343,6 +401,10 @@ class WsTransport:
         path = request.target.partition("?")[0]
         if path != self.path:
             await _reject(stream, ws, 404, f"no WebSocket service at {path}")
+            return None
+        key = dict(request.extra_headers).get(b"sec-websocket-key", b"")
+        if not _valid_key(key):
+            await _reject(stream, ws, 400, "Sec-WebSocket-Key must be base64 of 16 bytes")
             return None
         offered = [p for p in request.subprotocols if p.strip().lower() == SUBPROTOCOL]
         if not offered:
@@ -451,6 +513,14 @@ class WsTransport:
             logger.exception("message handler failed for a message from %s", peer)
 
 
+def _valid_key(key: bytes) -> bool:
+    """RFC 6455 §4.2.1: the key is a base64-encoded 16-byte nonce."""
+    try:
+        return len(base64.b64decode(key.strip(), validate=True)) == 16
+    except (binascii.Error, ValueError):
+        return False
+
+
 async def _reject(stream: ByteStream, ws: WSConnection, status: int, why: str) -> None:
     """Refuse the upgrade with an HTTP error that says why."""
     body = f"{why}\n".encode()
@@ -470,3 +540,5 @@ async def _reject(stream: ByteStream, ws: WSConnection, status: int, why: str) -
         await stream.send(data)
     except (LocalProtocolError, *_GONE):
         return
+    except Exception as exc:  # wsproto/h11 refusing to build the response
+        logger.debug("could not send the HTTP %d refusal: %r", status, exc)
