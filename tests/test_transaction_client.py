@@ -379,3 +379,46 @@ def test_timer_config_derived_values_and_validation() -> None:
     assert (timers.timer_i, timers.timer_k) == (3.0, 3.0)
     with pytest.raises(ValueError, match="t1"):
         TimerConfig(t1=0)
+
+
+@pytest.mark.parametrize("reliable", [False, True])
+def test_cancelled_invite_without_final_is_destroyed(reliable: bool) -> None:
+    """Issue 13 item 7, RFC 3261 §9.1: the callee rang, went silent, the CANCEL went out."""
+    from sdpbx.sip.transaction import TimerConfig, TransactionLayer
+
+    layer = TransactionLayer(TimerConfig())
+    via = ("Via", "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKcancel1")
+    common = [via, ("From", "<sip:a@x>;tag=1"), ("To", "<sip:b@y>"), ("Call-ID", "c1")]
+    invite = Request.create("INVITE", "sip:b@y", [*common, ("CSeq", "1 INVITE")])
+    txn = layer.create_client(invite, destination="callee", reliable=reliable, now=0.0)
+    layer.receive_response(make_response(invite, 180, to_tag="t"), now=0.1)
+    layer.handle_timer(1000.0)  # PROCEEDING: no timer runs
+    assert len(layer) == 1
+    cancel = Request.create("CANCEL", "sip:b@y", [*common, ("CSeq", "1 CANCEL")])
+    layer.create_client(cancel, destination="callee", reliable=reliable, now=1000.0)
+    layer.receive_response(make_response(cancel, 200, to_tag="t"), now=1000.1)
+    layer.handle_timer(1000.0 + 64 * 0.5 - 0.01)
+    assert txn in layer._client.values()
+    layer.handle_timer(1000.0 + 64 * 0.5 + 0.01)
+    assert len(layer) == 0
+    events = layer.events()
+    assert [type(e).__name__ for e in events if e.transaction is txn] == [
+        "ResponseReceived",
+        "TransactionTimeout",
+        "TransactionTerminated",
+    ]
+
+
+def test_cancel_in_calling_keeps_the_deadline_past_a_provisional() -> None:
+    from sdpbx.sip.transaction import TimerConfig, TransactionLayer
+
+    layer = TransactionLayer(TimerConfig())
+    via = ("Via", "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKcancel2")
+    common = [via, ("From", "<sip:a@x>;tag=1"), ("To", "<sip:b@y>"), ("Call-ID", "c2")]
+    invite = Request.create("INVITE", "sip:b@y", [*common, ("CSeq", "1 INVITE")])
+    layer.create_client(invite, destination="callee", reliable=True, now=0.0)
+    cancel = Request.create("CANCEL", "sip:b@y", [*common, ("CSeq", "1 CANCEL")])
+    layer.create_client(cancel, destination="callee", reliable=True, now=0.0)
+    layer.receive_response(make_response(invite, 180, to_tag="t"), now=1.0)
+    layer.handle_timer(100.0)
+    assert len(layer) == 0

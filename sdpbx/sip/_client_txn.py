@@ -25,7 +25,7 @@ from .message import Request, Response
 class ClientTransaction(Transaction):
     """A request we sent, and the responses that came back (§17.1)."""
 
-    __slots__ = ("_acks", "_request_bytes", "destination")
+    __slots__ = ("_acks", "_cancel_at", "_request_bytes", "destination")
 
     def __init__(
         self,
@@ -41,6 +41,8 @@ class ClientTransaction(Transaction):
         #: The ACK (bytes, destination) for each 2xx To tag (ACCEPTED) or for the non-2xx
         #: final (COMPLETED, key None); resent when that final response comes again.
         self._acks: dict[str | None, tuple[bytes, object]] | None = None
+        #: §9.1: when a CANCELled INVITE is destroyed if no final response came.
+        self._cancel_at: float | None = None
 
     def set_ack(self, ack: Request, destination: object) -> None:
         """Send the TU's ACK for a 2xx now, and again whenever that 2xx is retransmitted.
@@ -121,6 +123,8 @@ class ClientSide(LayerCore):
         key = (branch, method)
         if key in self._client:
             raise LocalProtocolError(f"a {method} transaction with branch {branch} exists")
+        if method == "CANCEL":
+            self._cancelling(self._client.get((branch, "INVITE")), now)
         txn = ClientTransaction(self, key, request, reliable, destination)
         self._client[key] = txn
         self._out.append((txn._request_bytes, destination))
@@ -137,6 +141,19 @@ class ClientSide(LayerCore):
                 txn._t_retx = self._arm(txn, "E", now + timers.t1)
             txn._t_end = self._arm(txn, "F", now + timers.timer_f)
         return txn
+
+    def _cancelling(self, invite: ClientTransaction | None, now: float) -> None:
+        """§9.1: a CANCELled INVITE with no final response 64*T1 later is destroyed.
+
+        In PROCEEDING no timer runs (a callee that rang and went silent would
+        keep the transaction forever); the deadline reports as a timeout.
+        """
+        if invite is None or (invite.state is not CALLING and invite.state is not PROCEEDING):
+            return
+        at = now + self.timers.timer_b
+        invite._cancel_at = at
+        if invite._t_end is None:
+            invite._t_end = self._arm(invite, "B", at)
 
     def receive_response(self, response: Response, *, now: float) -> ClientTransaction | None:
         """Match ``response`` (§17.1.3) and run its client machine.
@@ -161,6 +178,8 @@ class ClientSide(LayerCore):
                         self._disarm(txn._t_retx)
                         self._disarm(txn._t_end)
                         txn._t_retx = txn._t_end = None
+                        if txn._cancel_at is not None:
+                            txn._t_end = self._arm(txn, "B", txn._cancel_at)
                 self._events.append(ResponseReceived(txn, response))
                 return txn
             self._disarm(txn._t_retx)
