@@ -233,3 +233,25 @@ async def test_outbound_to_bad_host_name_is_an_os_error(
         with pytest.raises(OSError):  # noqa: PT011 (any OSError is the contract)
             await transport.send(options("WS"), Peer(transport.name, host, 5060))
     await ws_answers(ws.local_port)
+
+
+async def test_slowloris_tcp_message_must_complete_within_deadline() -> None:
+    """One byte at a time used to reset the idle timer; now the message has a deadline."""
+    tcp = TcpTransport("127.0.0.1", 0, idle_timeout=60, message_deadline=0.3)
+    stack = SipStack([tcp])
+    async with anyio.create_task_group() as tg:
+        await tg.start(stack.serve)
+        closed = False
+        with anyio.fail_after(WAIT):
+            async with await anyio.connect_tcp("127.0.0.1", tcp.local_port) as stream:
+                await stream.send(b"OPTIONS sip:pbx@127.0.0.1 SIP/2.0\r\n")
+                try:
+                    while True:
+                        await stream.send(b"X")
+                        with anyio.move_on_after(0.05):
+                            await stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    closed = True
+        assert closed
+        await tcp_answers(tcp.local_port)
+        tg.cancel_scope.cancel()

@@ -133,8 +133,11 @@ class _StreamTransport:
         connect_timeout: float = 10.0,
         send_timeout: float = 10.0,
         send_queue_size: int = 256,
+        message_deadline: float = 10.0,
     ) -> None:
         self.host = host
+        # A message must be whole this long after its first byte (slowloris).
+        self.message_deadline = message_deadline
         self.port = port
         self.idle_timeout = idle_timeout
         self.outbound_idle_timeout = outbound_idle_timeout
@@ -281,21 +284,40 @@ class _StreamTransport:
         framer = StreamFramer(self.max_message_size)
         stream = conn.stream
         peer = conn.peer
+        # When the first byte of a still-partial message arrived. Only whole
+        # messages and pings refresh ``last_activity``, so trickling bytes
+        # keeps neither the idle timer nor the message deadline at bay.
+        partial_since: float | None = None
         while True:
-            with anyio.CancelScope(deadline=conn.last_activity + conn.idle_timeout) as idle:
+            deadline = conn.last_activity + conn.idle_timeout
+            if partial_since is not None:
+                deadline = min(deadline, partial_since + self.message_deadline)
+            with anyio.CancelScope(deadline=deadline) as idle:
                 try:
                     data = await stream.receive()
                 except (*_GONE, ssl.SSLError):
                     return
+            now = anyio.current_time()
             if idle.cancelled_caught:
-                if anyio.current_time() >= conn.last_activity + conn.idle_timeout:
+                if partial_since is not None and now >= partial_since + self.message_deadline:
+                    logger.info(
+                        "%s message from %s incomplete after %gs, closing",
+                        self.name,
+                        peer.address,
+                        self.message_deadline,
+                    )
+                    return
+                if now >= conn.last_activity + conn.idle_timeout:
                     logger.debug("%s connection %s idle, closing", self.name, peer.address)
                     return
                 continue  # the writer was active meanwhile
-            conn.last_activity = anyio.current_time()
+            if partial_since is None:
+                partial_since = now
             framer.feed(data)
+            completed = False
             try:
                 while (message := framer.next_message()) is not None:
+                    completed = True
                     try:
                         message_received(message, peer)
                     except Exception:
@@ -303,8 +325,15 @@ class _StreamTransport:
             except SipParseError as exc:
                 logger.info("%s framing error from %s, closing: %s", self.name, peer.address, exc)
                 return
+            if not framer.in_message:
+                partial_since = None
+            elif completed:
+                partial_since = now
+            if completed:
+                conn.last_activity = now
             pings = framer.take_pings()
             if pings:
+                conn.last_activity = now
                 # A full queue already proves we are alive: skip the pong then.
                 with contextlib.suppress(anyio.WouldBlock):
                     conn.outbox.send_nowait(_PONG * pings)
@@ -454,6 +483,7 @@ class TlsTransport(_StreamTransport):
         connect_timeout: float = 10.0,
         send_timeout: float = 10.0,
         send_queue_size: int = 256,
+        message_deadline: float = 10.0,
     ) -> None:
         super().__init__(
             host,
@@ -464,6 +494,7 @@ class TlsTransport(_StreamTransport):
             connect_timeout=connect_timeout,
             send_timeout=send_timeout,
             send_queue_size=send_queue_size,
+            message_deadline=message_deadline,
         )
         self.ssl_context = ssl_context
         self.client_ssl_context = client_ssl_context or ssl.create_default_context()
