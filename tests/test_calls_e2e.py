@@ -571,3 +571,38 @@ async def test_delayed_offer_answer_travels_in_the_acks(sipp: str, tmp_path: Pat
     ok(callee)  # the ACK carried the caller's answer
     assert (p.ended().reason, p.ended().status) == ("byCaller", 200)
     p.assert_clean()
+
+
+# -- a callee's malformed 2xx -------------------------------------------------------------------
+
+
+# SIPp does not expand keywords inside -key values: these lines are literal.
+@pytest.mark.parametrize(
+    ("scenario", "key", "line"),
+    [
+        ("uas_bad_2xx.xml", "bad_contact", "Contact: <sip:bob@127.0.0.1:99999999>"),
+        ("uas_bad_2xx.xml", "bad_contact", "X-Nothing: 1"),
+        ("uas_bad_2xx.xml", "bad_contact", "Contact: <sip:a@127.0.0.1>, <sip:b@127.0.0.1>"),
+        ("uas_bad_2xx.xml", "bad_contact", "Contact: *"),
+        ("uas_bad_2xx.xml", "bad_contact", "Contact: <sip:b@127.0.0.1>\r\nRecord-Route: <sip:@@;>"),
+        ("uas_bad_2xx_to.xml", "bad_to", "To: <sip:callee@127.0.0.1;tag=x"),
+        ("uas_bad_2xx_to.xml", "bad_to", "To: <sip:callee@127.0.0.1>;tag="),
+    ],
+    ids=["port", "no-contact", "two-contacts", "star", "record-route", "to-unclosed", "to-tag"],
+)
+async def test_unusable_2xx_is_acked_hung_up_and_502(
+    sipp: str, tmp_path: Path, scenario: str, key: str, line: str
+) -> None:
+    """A 2xx no dialog can be built from: the callee still gets its ACK and a BYE, the
+    caller gets 502, and the call leaves nothing behind."""
+    callees: list[Callee] = []
+    extra = ("-key", key, line)
+    async with anyio.create_task_group() as tg, pbx(forward(lambda: [callees[0].uri])) as p:
+        callees.append(await start_callee(tg, sipp, scenario, tmp_path, extra=extra))
+        caller = await call(sipp, SCENARIOS / "uac_bad_gateway.xml", p.port, tmp_path)
+        callee = await callees[0].finished()
+        await p.settle()
+    ok(caller)  # got 502
+    ok(callee)  # got ACK and BYE
+    assert (p.ended().reason, p.ended().status) == ("failed", 502)
+    p.assert_clean()

@@ -50,6 +50,7 @@ from .events import (
 )
 from .leg import Leg, resolve_uri
 from .registry import CallRegistry
+from .salvage import raw_request
 from .uac_auth import add_credentials
 
 if TYPE_CHECKING:
@@ -360,8 +361,7 @@ class Call:
                     self.hangup_messages.append(HangupMessage(408, "Request Timeout", leg.target))
                     return
                 if final.status < 300:
-                    await self._answered(leg, final)
-                    if self._fork_scope is not None:
+                    if await self._answered(leg, final) and self._fork_scope is not None:
                         self._fork_scope.cancel()
                     return
                 if (
@@ -452,20 +452,64 @@ class Call:
             self.ringing_at = self._svc.clock()
             self._svc.registry.emit(CallRinging(self.id, self.ringing_at, response.status))
 
-    async def _answered(self, leg: Leg, response: Response) -> None:
-        """The first 2xx wins: ACK it, answer the caller, bridge the dialogs."""
+    def _accept_2xx(self, leg: Leg, response: Response, contact: str | None) -> Dialog | None:
+        """The dialog a callee's 2xx creates, or ``None`` when it cannot make one
+        (no or several Contacts, a bad To tag or Record-Route): that 2xx is
+        still ACKed and BYEd, with requests built from raw header text."""
+        assert leg.invite is not None and leg.client is not None
+        try:
+            return Dialog.as_uac(leg.invite, response, local_contact=contact)
+        except Exception as exc:
+            log.warning("call %s: unusable 2xx from %s: %s", self.id, leg.peer.address, exc)
+        self.hangup_messages.append(HangupMessage(502, "Bad 2xx", leg.target))
+        invite, client, stack = leg.invite, leg.client, self._svc.stack
+        try:
+            ack = raw_request(
+                "ACK", invite, response, invite.cseq.number, stack.via_for(leg.peer.transport)
+            )
+            try:
+                client.ack(ack, leg.peer)
+            except Exception:  # a To the transaction cannot key on: send it once, stateless
+                stack.send_ack(ack, leg.peer)
+        except Exception:
+            log.exception("call %s: cannot ACK the unusable 2xx", self.id)
+            return None
+
+        async def bye() -> None:
+            request = raw_request(
+                "BYE", invite, response, invite.cseq.number + 1, stack.via_for(leg.peer.transport)
+            )
+            with anyio.move_on_after(_CLEANUP_TIMEOUT):
+                async with stack.request(request, leg.peer) as bye_client:
+                    try:
+                        await bye_client.final_response()
+                    except TransactionTimedOut:
+                        pass
+
+        self._svc.spawn(bye)
+        return None
+
+    async def _answered(self, leg: Leg, response: Response) -> bool:
+        """The first 2xx wins: ACK it, answer the caller, bridge the dialogs.
+
+        False when the 2xx is not one we can bridge (the leg counts as a 502).
+        """
         svc = self._svc
         with anyio.CancelScope(shield=True):
             assert leg.invite is not None and leg.client is not None
             if self.winner is not None or self._cancelled or self.incoming.answered:
                 # A late 2xx of another fork: acknowledge it and hang it up.
-                leg.dialog = Dialog.as_uac(leg.invite, response)
-                self._ack(leg)
-                self._spawn(self._bye, leg)
-                return
+                leg.dialog = self._accept_2xx(leg, response, None)
+                if leg.dialog is not None:
+                    self._ack(leg)
+                    self._spawn(self._bye, leg)
+                return False
+            dialog = self._accept_2xx(leg, response, self._contact)
+            if dialog is None:
+                return False
             self.winner = leg
             leg.answered = True
-            leg.dialog = Dialog.as_uac(leg.invite, response, local_contact=self._contact)
+            leg.dialog = dialog
             if self.incoming.request.body:
                 self._ack(leg)
             else:
@@ -490,6 +534,8 @@ class Call:
             self.answered_at = svc.clock()
             svc.registry.answered_calls += 1
             svc.registry.emit(CallAnswered(self.id, self.answered_at, leg.target))
+            return True
+        return False  # not reached: the scope is shielded, never cancelled
 
     def _ack(self, leg: Leg, body: bytes = b"", content_type: str | None = None) -> None:
         assert leg.dialog is not None and leg.invite is not None and leg.client is not None
@@ -541,9 +587,10 @@ class Call:
                     if response.status >= 300:
                         return
                     if response.status >= 200:
-                        leg.dialog = Dialog.as_uac(invite, response)
-                        self._ack(leg)
-                        await self._bye(leg)
+                        leg.dialog = self._accept_2xx(leg, response, None)
+                        if leg.dialog is not None:
+                            self._ack(leg)
+                            await self._bye(leg)
                         return
             except TransactionTimedOut:
                 return
