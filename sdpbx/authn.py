@@ -9,8 +9,12 @@ decision without parsing responses.
 
 The rules, in the order they apply:
 
-1. A source blocked by the :class:`~sdpbx.sip.throttle.FailureThrottle` is
-   dropped unanswered (counted, logged once per block).
+1. A request the :class:`~sdpbx.sip.throttle.FailureThrottle` blocks is
+   dropped unanswered (counted, logged once per block): a (source, user) pair
+   that failed too often, or a source that failed too often across user names,
+   unless the user authenticated from there before (see that module for the
+   policy). The user is the credentials' username, else the To (REGISTER) or
+   From user. Anything malformed from a blocked source is dropped, not answered.
 2. Credentials are taken from ``Authorization`` (``proxy=False``) or
    ``Proxy-Authorization`` (``proxy=True``); the first Digest value whose realm
    is ours is used. Values for other realms belong to other servers (RFC 3261
@@ -214,7 +218,9 @@ class Authenticator:
         throttle = None
         if config.auth_failure_limit > 0:
             throttle = FailureThrottle(
-                limit=config.auth_failure_limit, block_for=config.auth_block_seconds
+                limit=config.auth_failure_limit,
+                block_for=config.auth_block_seconds,
+                source_limit=5 * config.auth_failure_limit,
             )
         return cls(
             users,
@@ -250,19 +256,29 @@ class Authenticator:
         stats = self.stats
         source = peer.host
         throttle = self.throttle
-        if throttle is not None and throttle.is_blocked(source, self.clock()):
-            stats.drops += 1
-            logger.debug("dropped %s from blocked source %s", request.method, source)
-            return Drop("source blocked after repeated authentication failures")
+        if throttle is not None and throttle.is_source_blocked(source, self.clock()):
+            # Cheap: one parse of the credentials to see whether this is a user
+            # trusted at this source; anything else is dropped at once.
+            try:
+                found = self._credentials(request, self.realm(request), proxy=proxy)
+                acting = found.username if found is not None else _claimed_user(request)
+            except SipParseError:
+                acting = None
+            if throttle.is_blocked(source, acting, self.clock()):
+                return self._drop(request, source)
 
         try:
             realm = self.realm(request)
             credentials = self._credentials(request, realm, proxy=proxy)
-            claimed = _claimed_user(request) if credentials is not None else None
+            claimed = _claimed_user(request)
             request_uri = str(request.uri)
         except SipParseError as exc:
             stats.rejections += 1
             return Reject(400, f"malformed credentials: {exc.reason}"[:100])
+        if throttle is not None:
+            acting = credentials.username if credentials is not None else claimed
+            if throttle.is_blocked(source, acting, self.clock()):
+                return self._drop(request, source)
         if credentials is None:
             return self.challenge(request, proxy=proxy)
 
@@ -327,17 +343,17 @@ class Authenticator:
             assert user is not None
             stats.successes += 1
             if throttle is not None:
-                throttle.record_success(source, now)
+                throttle.record_success(source, credentials.username, now)
             return Authenticated(user)
         if result is AuthResult.BAD_CREDENTIALS:
             stats.failures += 1
-            if throttle is not None and throttle.record_failure(source, now):
+            if throttle is not None and throttle.record_failure(source, credentials.username, now):
                 stats.rejections += 1
                 logger.warning(
-                    "blocking %s for %.0f s after %d authentication failures",
+                    "blocking %r from %s for %.0f s after repeated authentication failures",
+                    credentials.username,
                     source,
                     throttle.block_for,
-                    throttle.limit,
                 )
                 return Reject(403, "Too many authentication failures")
             return self.challenge(request, proxy=proxy)
@@ -348,6 +364,18 @@ class Authenticator:
             return self.challenge(request, proxy=proxy, algorithms=secret.algorithms())
         # REPLAY, INVALID_NONCE, REALM_MISMATCH: a fresh nonce ends the confusion.
         return self.challenge(request, proxy=proxy)
+
+    def _drop(self, request: Request, source: str) -> Drop:
+        self.stats.drops += 1
+        logger.debug("dropped %s from blocked source %s", request.method, source)
+        return Drop("blocked after repeated authentication failures")
+
+    def expire(self, now: float) -> None:
+        """Forget throttle and nonce-count state that has aged out; call it from a
+        timer (every few seconds) so memory returns after a flood ends."""
+        if self.throttle is not None:
+            self.throttle.expire(now)
+        self.nonces.expire(now)
 
     @staticmethod
     def _credentials(request: Request, realm: str, *, proxy: bool) -> DigestCredentials | None:

@@ -357,3 +357,48 @@ def test_challenges_are_answered_statelessly(status: int) -> None:
     outcome = Challenge(status, (("WWW-Authenticate", "Digest realm=x"),))  # type: ignore[arg-type]
     assert answer_refusal(recorder, outcome) is True  # type: ignore[arg-type]
     assert recorder.calls == [("stateless", status)]
+
+
+# --- item 2: failures lock out the (source, user), not the whole source -------------------
+
+
+@pytest.mark.anyio
+async def test_failures_for_another_user_do_not_lock_out_alice_and_bob() -> None:
+    """Probe: 10 wrong-password REGISTERs for a non-existent user blocked everyone there."""
+    from sdpbx.sip.throttle import FailureThrottle
+
+    auth = make(check_username=False, throttle=FailureThrottle(limit=10, window=60))
+    for _ in range(10):
+        bad = creds(await challenge_for(auth), user="nobody", password="guess")
+        await auth.authenticate(request((bad.to_header_value(),)), PEER, proxy=False)
+    assert auth.stats.failures == 10
+    for user, password in (("alice", "s3cret"), ("bob", "b0b")):
+        good = creds(await challenge_for(auth), user=user, password=password)
+        outcome = await auth.authenticate(
+            request((good.to_header_value(),), user=user), PEER, proxy=False
+        )
+        assert isinstance(outcome, Authenticated), user
+
+
+@pytest.mark.anyio
+async def test_a_source_spraying_names_is_dropped_except_for_users_proven_there() -> None:
+    from sdpbx.authn import Drop
+    from sdpbx.sip.throttle import FailureThrottle
+
+    auth = make(throttle=FailureThrottle(limit=5, source_limit=10))
+    good = creds(await challenge_for(auth))
+    assert isinstance(
+        await auth.authenticate(request((good.to_header_value(),)), PEER, proxy=False),
+        Authenticated,
+    )
+    for i in range(10):
+        bad = creds(await challenge_for(auth), user=f"u{i}", password="guess")
+        await auth.authenticate(request((bad.to_header_value(),), user=f"u{i}"), PEER, proxy=False)
+    assert auth.throttle is not None and auth.throttle.is_source_blocked(PEER.host, NOW)
+    # Strangers from there are dropped, even without credentials ...
+    assert isinstance(await auth.authenticate(request(user="bob"), PEER, proxy=False), Drop)
+    # ... alice, who proved herself from there, is still challenged and let in.
+    challenge = await challenge_for(auth)
+    good = creds(challenge, nc=1)
+    outcome = await auth.authenticate(request((good.to_header_value(),)), PEER, proxy=False)
+    assert isinstance(outcome, Authenticated)

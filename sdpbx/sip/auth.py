@@ -462,6 +462,17 @@ class NonceManager:
             self._seen[key] = (issued, nc)
         return NonceStatus.VALID
 
+    def expire(self, now: float) -> None:
+        """Forget counts of nonces past their lifetime (they answer *stale* anyway)."""
+        seen = self._seen
+        expired_before = (now - self.lifetime) * 1000
+        while seen:
+            oldest, (oldest_issued, _) = next(iter(seen.items()))
+            if oldest_issued >= expired_before:
+                break
+            del seen[oldest]
+            self._horizon = max(self._horizon, oldest_issued)
+
     def _track(self, key: tuple[str, str], issued: int, nc: int, now: float) -> None:
         seen = self._seen
         expired_before = (now - self.lifetime) * 1000
