@@ -9,7 +9,7 @@ from .dialog import Dialog, DialogId, DialogState, dialog_id_for_request, dialog
 from .errors import LocalProtocolError, SipError, SipParseError
 from .fields import CSeq, NameAddr, Via, parse_header_params
 from .framing import StreamFramer
-from .headers import Headers, canonical_key, split_commas
+from .headers import Headers, ParseLimits, canonical_key, parse_number, split_commas
 from .ids import new_branch, new_call_id, new_tag
 from .message import Message, Request, Response, make_response, parse_message
 from .reasons import reason_phrase
@@ -46,6 +46,7 @@ __all__ = [
     "Message",
     "NameAddr",
     "NewTransaction",
+    "ParseLimits",
     "Request",
     "RequestOutcome",
     "Response",
@@ -77,6 +78,7 @@ __all__ = [
     "new_tag",
     "parse_header_params",
     "parse_message",
+    "parse_number",
     "parse_uri",
     "reason_phrase",
     "split_commas",

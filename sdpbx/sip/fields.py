@@ -14,9 +14,10 @@ import re
 from attrs import evolve, frozen
 
 from .errors import SipParseError
+from .headers import MAX_DELTA_SECONDS, parse_delta_seconds, parse_number
 from .uri import Uri, format_host, parse_uri
 
-__all__ = ["CSeq", "NameAddr", "Params", "Via", "parse_header_params"]
+__all__ = ["MAX_DELTA_SECONDS", "CSeq", "NameAddr", "Params", "Via", "parse_header_params"]
 
 Params = tuple[tuple[str, str | None], ...]
 
@@ -25,7 +26,11 @@ _TOKEN_SEQ = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+(?:[ \t]+[A-Za-z0-9\-.!%*_+`'~]
 _PROTOCOL = re.compile(r"\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*", re.IGNORECASE)
 _VALUE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+\Z")
 _VIA_HOST = re.compile(r"[A-Za-z0-9\-._]+\Z")
+_VIA_IPV6 = re.compile(r"[0-9A-Fa-f:.]+\Z")
+# RFC 3261 §20.10 qvalue, with a few more decimals tolerated.
+_QVALUE = re.compile(r"[01](?:\.[0-9]{0,6})?\Z")
 MAX_CSEQ = 2**31 - 1
+_VIA_VALUED = frozenset(("branch", "received", "maddr", "ttl"))
 
 
 def _split_params(text: str) -> list[str]:
@@ -109,12 +114,9 @@ class CSeq:
     @classmethod
     def _parse(cls, value: str) -> CSeq:
         parts = value.split()
-        if len(parts) != 2 or not parts[0].isdigit() or not _TOKEN.match(parts[1]):
-            raise SipParseError(f"malformed CSeq {value!r}")
-        number = int(parts[0])
-        if number > MAX_CSEQ:
-            raise SipParseError(f"CSeq number {parts[0]} exceeds 2**31-1")
-        return cls(number, parts[1])
+        if len(parts) != 2 or not _TOKEN.match(parts[1]):
+            raise SipParseError(f"malformed CSeq {value[:60]!r}")
+        return cls(parse_number(parts[0], 0, MAX_CSEQ, "CSeq number"), parts[1])
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
@@ -147,7 +149,10 @@ class Via:
             end = sent_by.find("]")
             if end < 0:
                 raise SipParseError(f"malformed Via host {sent_by!r}")
-            host = sent_by[1:end].replace(":::", "::")
+            host = sent_by[1:end]
+            if not _VIA_IPV6.match(host) or host.count(":") < 2:
+                raise SipParseError(f"malformed Via host {sent_by!r}")
+            host = host.replace(":::", "::")
             port_text = sent_by[end + 1 :].strip()
             if port_text and not port_text.startswith(":"):
                 raise SipParseError(f"malformed Via sent-by {sent_by!r}")
@@ -160,11 +165,20 @@ class Via:
                 raise SipParseError(f"malformed Via host {sent_by!r}")
         port: int | None = None
         if port_text:
-            if not port_text.isdigit() or int(port_text) > 65535:
-                raise SipParseError(f"malformed Via port {sent_by!r}")
-            port = int(port_text)
+            port = parse_number(port_text, 1, 65535, "Via port")
         params = parse_header_params(";" + param_text) if semi else ()
-        return cls(m.group(1).upper(), host, port, params)
+        via = cls(m.group(1).upper(), host, port, params)
+        # The parameters a response is routed by are checked now, so that
+        # reading them later cannot fail (RFC 3261 §20.42, RFC 3581).
+        if params:
+            _ = via.rport
+            for name, param_value in params:
+                if param_value is None and name.lower() in _VIA_VALUED:
+                    raise SipParseError(f"Via {name} without a value")
+            ttl = _find(params, "ttl")
+            if ttl is not None:
+                parse_number(ttl, 0, 255, "Via ttl")
+        return via
 
     @property
     def branch(self) -> str | None:
@@ -179,7 +193,7 @@ class Via:
     def rport(self) -> int | None:
         """The ``rport`` value; ``None`` when absent or requested but unfilled."""
         value = _find(self.params, "rport")
-        return int(value) if value and value.isdigit() else None
+        return parse_number(value, 1, 65535, "rport") if value else None
 
     @property
     def wants_rport(self) -> bool:
@@ -289,10 +303,9 @@ class NameAddr:
         value = _find(self.params, "q")
         if value is None:
             return 1.0
-        try:
-            q = float(value)
-        except ValueError:
-            raise SipParseError(f"malformed q value {value!r}") from None
+        if not _QVALUE.match(value):
+            raise SipParseError(f"malformed q value {value[:20]!r}")
+        q = float(value)
         if not 0.0 <= q <= 1.0:
             raise SipParseError(f"q value out of range: {value!r}")
         return q
@@ -302,10 +315,7 @@ class NameAddr:
         value = _find(self.params, "expires")
         if value is None:
             return None
-        if not value.isdigit():
-            raise SipParseError(f"malformed expires parameter {value!r}")
-        # RFC 3261 §20.19: an overlarge value means "as long as you like".
-        return min(int(value), 2**32 - 1)
+        return parse_delta_seconds(value, "expires parameter")
 
     @property
     def display_name_unquoted(self) -> str | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 
 from .errors import SipParseError
+from .headers import DEFAULT_LIMITS, ParseLimits
 
 __all__ = ["StreamFramer"]
 
@@ -43,10 +44,20 @@ class StreamFramer:
     connection must be closed.
     """
 
-    def __init__(self, max_message_size: int = 65536) -> None:
+    def __init__(
+        self, max_message_size: int | None = None, *, limits: ParseLimits | None = None
+    ) -> None:
+        if limits is None:
+            limits = DEFAULT_LIMITS
+        if max_message_size is None:
+            max_message_size = limits.max_message_size
         if max_message_size < 16:
             raise ValueError("max_message_size is too small for any SIP message")
         self.max_message_size = max_message_size
+        self.limits = limits
+        # Line feeds counted in the header section scanned so far: a flood of
+        # header lines is refused while it arrives, not once it is buffered.
+        self._lines = 0
         self._buf = bytearray()
         # Where the next search for the end of the header section starts.
         self._scan = 0
@@ -102,8 +113,10 @@ class StreamFramer:
                 if len(buf) > self.max_message_size:
                     raise SipParseError("Message Too Large", 513)
                 # The terminator may straddle the next chunk: keep its first 3 bytes.
-                self._scan = max(len(buf) - 3, 0)
+                scan = max(len(buf) - 3, 0)
+                self._count_lines(scan)
                 return None
+            self._count_lines(header_end)
             body_start = header_end + 4
             end = body_start + self._content_length(header_end + 2)
             if end > self.max_message_size:
@@ -116,7 +129,17 @@ class StreamFramer:
         self._message_end = None
         self._in_message = False
         self._scan = 0
+        self._lines = 0
         return message
+
+    def _count_lines(self, scan: int) -> None:
+        """Count the line feeds in ``_buf[_scan:scan]`` and move ``_scan`` there."""
+        if scan > self._scan:
+            self._lines += self._buf.count(b"\n", self._scan, scan)
+            self._scan = scan
+        # The start line ends with one of the line feeds counted.
+        if self._lines > self.limits.max_headers + 1:
+            raise SipParseError(f"more than {self.limits.max_headers} header lines")
 
     def _skip_keepalives(self) -> bool:
         """Drop CRLFs before a start line, counting pings; ``True`` once a message starts."""
@@ -140,6 +163,7 @@ class StreamFramer:
         self._in_message = True
         self._newlines = 0
         self._scan = 0
+        self._lines = 0
         return True
 
     def _content_length(self, headers_end: int) -> int:

@@ -16,9 +16,83 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from attrs import frozen
+
 from .errors import SipParseError
 
-__all__ = ["COMPACT_FORMS", "LIST_HEADERS", "Headers", "canonical_key", "split_commas"]
+__all__ = [
+    "COMPACT_FORMS",
+    "LIST_HEADERS",
+    "Headers",
+    "ParseLimits",
+    "canonical_key",
+    "parse_delta_seconds",
+    "parse_number",
+    "split_commas",
+]
+
+# No legitimate SIP number (leading zeros included) is longer; refusing longer
+# text before int() keeps the conversion cheap and below CPython's 4300-digit
+# limit, whose ValueError would otherwise escape.
+_MAX_NUMBER_CHARS = 16
+MAX_DELTA_SECONDS = 2**32 - 1
+
+
+def parse_number(text: str, low: int, high: int, what: str) -> int:
+    """A decimal number from wire data: ASCII digits only, ``low <= n <= high``.
+
+    ``str.isdigit()`` alone accepts Unicode digits ("²", Arabic-Indic) that
+    ``int()`` then refuses (or silently converts): every number the parser
+    reads goes through here so that bad text is always a 400.
+    """
+    if not (text.isdigit() and text.isascii()) or len(text) > _MAX_NUMBER_CHARS:
+        raise SipParseError(f"malformed {what} {text[:20]!r}")
+    number = int(text)
+    if not low <= number <= high:
+        raise SipParseError(f"{what} {text} out of range {low}..{high}")
+    return number
+
+
+def parse_delta_seconds(text: str, what: str) -> int:
+    """An Expires-style number: ASCII digits, overlarge values capped at 2**32-1.
+
+    RFC 3261 §20.19 bounds delta-seconds to 2**32-1; a registrar treats an
+    overlarge value as "as long as you allow", so it is capped, not refused.
+    """
+    if not (text.isdigit() and text.isascii()):
+        raise SipParseError(f"malformed {what} {text[:20]!r}")
+    digits = text.lstrip("0")
+    if len(digits) > 10:
+        return MAX_DELTA_SECONDS
+    return min(int(digits or "0"), MAX_DELTA_SECONDS)
+
+
+@frozen
+class ParseLimits:
+    """Bounds on what one message may make the parser do.
+
+    A 60 KB datagram of 3,000 header lines or a 30,000-token Require costs
+    ten times a normal message; these limits refuse such messages (400, or
+    513 for size) with a cheap count before any per-element work. Real
+    messages carry 20-40 header lines, a handful of Vias (at most one per
+    hop, and Max-Forwards starts at 70) and lists of a few dozen elements.
+    Header lines are counted physically (a folded continuation counts), list
+    elements by commas (a comma inside quotes counts too), both upper bounds.
+    """
+
+    max_message_size: int = 65535
+    max_headers: int = 256
+    max_vias: int = 70
+    max_list_elements: int = 128
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_message_size < 64:
+            raise ValueError("max_message_size is too small for any SIP message")
+        if min(self.max_headers, self.max_vias, self.max_list_elements) < 1:
+            raise ValueError("parse limits must be at least 1")
+
+
+DEFAULT_LIMITS = ParseLimits()
 
 #: RFC 3261 §7.3.3 and later RFCs: the compact form -> canonical key.
 COMPACT_FORMS: dict[str, str] = {

@@ -13,18 +13,31 @@ during parsing; :meth:`Message.validate` parses every known header at once.
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 from attrs import define, field
 
 from .errors import SipParseError
 from .fields import CSeq, NameAddr, Via
-from .headers import Headers, canonical_key, pretty_name, split_commas
+from .headers import (
+    DEFAULT_LIMITS,
+    LIST_HEADERS,
+    Headers,
+    ParseLimits,
+    canonical_key,
+    parse_delta_seconds,
+    parse_number,
+    pretty_name,
+    split_commas,
+)
 from .reasons import reason_phrase
 from .uri import Uri, parse_uri
 
 __all__ = [
+    "MAX_MESSAGE_SIZE",
     "Message",
+    "ParseLimits",
     "Request",
     "Response",
     "make_response",
@@ -35,7 +48,9 @@ _TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01
 #: Headers that may appear once only; two of them make the message invalid.
 _SINGLE = ("call-id", "cseq", "from", "to", "max-forwards", "content-type")
 _MANDATORY = ("via", "from", "to", "call-id", "cseq")
-MAX_MESSAGE_SIZE = 65535
+MAX_MESSAGE_SIZE = DEFAULT_LIMITS.max_message_size
+# RFC 3261 §25.1 callid = word ["@" word]: visible ASCII, no spaces.
+_CALL_ID = re.compile(r"[!-~]+\Z")
 
 
 class Message:
@@ -56,7 +71,14 @@ class Message:
 
     @property
     def call_id(self) -> str:
-        return self._single("call-id").strip()
+        cache = self._cache
+        v = cache.get("call_id")
+        if v is None:
+            v = self._single("call-id").strip()
+            if not _CALL_ID.match(v):
+                raise SipParseError(f"malformed Call-ID {v[:60]!r}")
+            cache["call_id"] = v
+        return v
 
     @property
     def cseq(self) -> CSeq:
@@ -138,13 +160,7 @@ class Message:
         value = self.headers.get(key)
         if value is None:
             return None
-        value = value.strip()
-        if not value.isdigit():
-            raise SipParseError(f"malformed {pretty_name(key)} {value!r}")
-        number = int(value)
-        if number > limit:
-            raise SipParseError(f"{pretty_name(key)} {value} is too large")
-        return number
+        return parse_number(value.strip(), 0, limit, pretty_name(key))
 
     @property
     def max_forwards(self) -> int | None:
@@ -154,12 +170,7 @@ class Message:
     def expires(self) -> int | None:
         """The Expires header; overlarge values are capped (RFC 3261 §20.19)."""
         value = self.headers.get("expires")
-        if value is None:
-            return None
-        value = value.strip()
-        if not value.isdigit():
-            raise SipParseError(f"malformed Expires {value!r}")
-        return min(int(value), 2**32 - 1)
+        return None if value is None else parse_delta_seconds(value.strip(), "Expires")
 
     @property
     def content_length(self) -> int:
@@ -470,19 +481,58 @@ def _header_name(name: str) -> tuple[str, str]:
     return entry
 
 
-def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
+def _check_lists(
+    items: list[tuple[str, str]], index: dict[str, list[int]], limits: ParseLimits
+) -> None:
+    """Refuse overlong Via and list headers before anyone splits them."""
+    for key, positions in index.items():
+        if key in LIST_HEADERS:
+            count = sum(items[p][1].count(",") + 1 for p in positions)
+            limit = limits.max_vias if key == "via" else limits.max_list_elements
+            if count > limit:
+                raise SipParseError(f"more than {limit} {pretty_name(key)} elements")
+
+
+def _check_core(message: Message) -> None:
+    """Parse (and cache) what answering or matching ``message`` needs.
+
+    A request is answered from its top Via, From, To, Call-ID and CSeq, and
+    a response is matched on them, so a message whose copies of them are bad
+    is refused here, once, rather than failing again in the error path that
+    tries to answer it.
+    """
+    cache = message._cache
+    top = message.headers.get("via") or ""
+    cache["top_via"] = Via.parse(split_commas(top)[0] if "," in top else top)
+    cache["cseq"] = CSeq.parse(message._single("cseq"))
+    cache["from"] = NameAddr.parse(message._single("from"))
+    cache["to"] = NameAddr.parse(message._single("to"))
+    _ = message.call_id
+
+
+def parse_message(
+    data: bytes, *, datagram: bool = True, limits: ParseLimits | None = None
+) -> Request | Response:
     """Parse one SIP message.
 
     With ``datagram=True`` (UDP) a Content-Length larger than the data is an
     error and bytes after the body are ignored (RFC 3261 §18.3); without a
     Content-Length the body is the rest of the datagram. Stream transports
-    pass exactly one framed message.
+    pass exactly one framed message. ``limits`` bounds the work a message may
+    cause (:class:`ParseLimits`).
+
+    A returned request can always be answered with :func:`make_response`,
+    and the headers a transaction is matched on are already parsed.
     """
-    if len(data) > MAX_MESSAGE_SIZE:
+    if limits is None:
+        limits = DEFAULT_LIMITS
+    if len(data) > limits.max_message_size:
         raise SipParseError("message too large", 513)
     if data[:1] in (b"\r", b"\n"):
         data = data.lstrip(b"\r\n")
     head_end, body_start = _find_head_end(data)
+    if data.count(b"\n", 0, head_end) > limits.max_headers:
+        raise SipParseError(f"more than {limits.max_headers} header lines")
     lines = _unfold(data[:head_end].decode("utf-8", "surrogateescape"))
     start = lines[0]
 
@@ -506,6 +556,11 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
             positions.append(i)
         i += 1
     headers = Headers._from_parsed(items, index)
+    # One count over the header block decides whether the lists need a look.
+    if len(index.get("via", ())) > limits.max_vias or data.count(b",", 0, head_end) >= min(
+        limits.max_vias, limits.max_list_elements
+    ):
+        _check_lists(items, index, limits)
 
     for key in _MANDATORY:
         if key not in index:
@@ -520,9 +575,7 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
         cl_text = items[cl_positions[0]][1]
         if len(cl_positions) > 1 and any(items[p][1] != cl_text for p in cl_positions):
             raise SipParseError("conflicting Content-Length headers")
-        if not cl_text.isdigit():
-            raise SipParseError(f"malformed Content-Length {cl_text!r}")
-        body_end = body_start + int(cl_text)
+        body_end = body_start + parse_number(cl_text, 0, limits.max_message_size, "Content-Length")
         if body_end > len(data):
             raise SipParseError("Content-Length larger than the message")
     elif datagram:
@@ -537,9 +590,14 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
         if parts[0].upper() != "SIP/2.0":
             raise SipParseError(f"unsupported version in {start[:40]!r}", 505)
         code = parts[1] if len(parts) > 1 else ""
-        if len(code) != 3 or not code.isdigit() or code[0] == "0":
+        if len(code) != 3:
             raise SipParseError(f"malformed status code {code[:12]!r}")
-        return Response(int(code), parts[2] if len(parts) > 2 else "", headers, body, parts[0], raw)
+        status = parse_number(code, 100, 699, "status code")
+        response = Response(
+            status, parts[2] if len(parts) > 2 else "", headers, body, parts[0], raw
+        )
+        _check_core(response)
+        return response
 
     parts = start.split()
     if len(parts) != 3:
@@ -551,11 +609,10 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
         if version.upper().startswith("SIP/"):
             raise SipParseError(f"unsupported version {version[:20]!r}", 505)
         raise SipParseError(f"malformed request line {start[:80]!r}")
-    cseq_parts = items[index["cseq"][0]][1].split()
-    if len(cseq_parts) != 2 or cseq_parts[1] != method:
-        if len(cseq_parts) == 2:
-            raise SipParseError("CSeq method does not match the request method")
-        raise SipParseError("malformed CSeq")
     if uri_text[:1] == "<":
         raise SipParseError(f"Request-URI in angle brackets: {uri_text[:60]!r}")
-    return Request(method, uri_text, headers, body, version, raw)
+    request = Request(method, parse_uri(uri_text), headers, body, version, raw)
+    _check_core(request)
+    if request.cseq.method != method:
+        raise SipParseError("CSeq method does not match the request method")
+    return request

@@ -16,6 +16,7 @@ from urllib.parse import unquote_to_bytes
 from attrs import evolve, frozen
 
 from .errors import SipParseError
+from .headers import parse_number
 
 __all__ = [
     "AbsoluteUri",
@@ -101,9 +102,7 @@ def _parse_hostport(text: str) -> tuple[str, int | None]:
             raise SipParseError(f"malformed host {text!r}")
     port: int | None = None
     if port_text is not None:
-        if not port_text.isdigit() or len(port_text) > 5 or int(port_text) > 65535:
-            raise SipParseError(f"malformed port in {text!r}")
-        port = int(port_text)
+        port = parse_number(port_text, 1, 65535, "URI port")
     return host, port
 
 
