@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from attrs import define, field
 
 from .errors import SipParseError
-from .fields import CSeq, NameAddr, Via
+from .fields import CSeq, NameAddr, Via, _parse_cseq, _parse_name_addr, _parse_via
 from .headers import (
     DEFAULT_LIMITS,
     LIST_HEADERS,
@@ -274,8 +274,11 @@ class Request(Message):
     def uri(self) -> Uri:
         uri = self._uri
         if isinstance(uri, str):
-            uri = parse_uri(uri)
-            object.__setattr__(self, "_uri", uri)
+            # The text stays in _uri so the start line is written as received.
+            cached = self._cache.get("uri")
+            if cached is None:
+                cached = self._cache["uri"] = parse_uri(uri)
+            return cached
         return uri
 
     @classmethod
@@ -311,7 +314,7 @@ class Request(Message):
             new_headers = _fresh(new_headers, new_body)
         return Request(
             self.method if method is None else method,
-            self.uri if uri is None else uri,
+            self._uri if uri is None else uri,
             new_headers,
             new_body,
             self.version,
@@ -493,21 +496,26 @@ def _check_lists(
                 raise SipParseError(f"more than {limit} {pretty_name(key)} elements")
 
 
-def _check_core(message: Message) -> None:
-    """Parse (and cache) what answering or matching ``message`` needs.
+def _core_cache(items: list[tuple[str, str]], index: dict[str, list[int]]) -> dict[str, Any]:
+    """Parse what answering or matching a message needs: the message's cache.
 
     A request is answered from its top Via, From, To, Call-ID and CSeq, and
     a response is matched on them, so a message whose copies of them are bad
     is refused here, once, rather than failing again in the error path that
-    tries to answer it.
+    tries to answer it. The header parsers are memoised, so a retransmission
+    or the next message of the same call costs a few dictionary lookups.
     """
-    cache = message._cache
-    top = message.headers.get("via") or ""
-    cache["top_via"] = Via.parse(split_commas(top)[0] if "," in top else top)
-    cache["cseq"] = CSeq.parse(message._single("cseq"))
-    cache["from"] = NameAddr.parse(message._single("from"))
-    cache["to"] = NameAddr.parse(message._single("to"))
-    _ = message.call_id
+    top = items[index["via"][0]][1]
+    call_id = items[index["call-id"][0]][1]
+    if not _CALL_ID.match(call_id):
+        raise SipParseError(f"malformed Call-ID {call_id[:60]!r}")
+    return {
+        "top_via": _parse_via(split_commas(top)[0] if "," in top else top),
+        "cseq": _parse_cseq(items[index["cseq"][0]][1]),
+        "from": _parse_name_addr(items[index["from"][0]][1]),
+        "to": _parse_name_addr(items[index["to"][0]][1]),
+        "call_id": call_id,
+    }
 
 
 def parse_message(
@@ -596,7 +604,7 @@ def parse_message(
         response = Response(
             status, parts[2] if len(parts) > 2 else "", headers, body, parts[0], raw
         )
-        _check_core(response)
+        object.__setattr__(response, "_cache", _core_cache(items, index))
         return response
 
     parts = start.split()
@@ -611,8 +619,10 @@ def parse_message(
         raise SipParseError(f"malformed request line {start[:80]!r}")
     if uri_text[:1] == "<":
         raise SipParseError(f"Request-URI in angle brackets: {uri_text[:60]!r}")
-    request = Request(method, parse_uri(uri_text), headers, body, version, raw)
-    _check_core(request)
-    if request.cseq.method != method:
+    cache = _core_cache(items, index)
+    if cache["cseq"].method != method:
         raise SipParseError("CSeq method does not match the request method")
+    cache["uri"] = parse_uri(uri_text)
+    request = Request(method, uri_text, headers, body, version, raw)
+    object.__setattr__(request, "_cache", cache)
     return request
