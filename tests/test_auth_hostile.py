@@ -402,3 +402,17 @@ async def test_a_source_spraying_names_is_dropped_except_for_users_proven_there(
     good = creds(challenge, nc=1)
     outcome = await auth.authenticate(request((good.to_header_value(),)), PEER, proxy=False)
     assert isinstance(outcome, Authenticated)
+
+
+# --- item 6: state expires ---------------------------------------------------------------
+
+
+def test_nonce_counts_expire() -> None:
+    nonces = NonceManager(SECRET, lifetime=10.0)
+    for i in range(100):
+        nonces.check(nonces.issue(NOW), 1, NOW, user=f"u{i}")
+    assert len(nonces) == 100
+    nonces.expire(NOW + 5.0)
+    assert len(nonces) == 100
+    nonces.expire(NOW + 11.0)
+    assert len(nonces) == 0

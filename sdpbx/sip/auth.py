@@ -472,6 +472,8 @@ class NonceManager:
                 break
             del seen[oldest]
             self._horizon = max(self._horizon, oldest_issued)
+        if not seen:
+            self._seen = OrderedDict()  # a dict keeps its peak size otherwise
 
     def _track(self, key: tuple[str, str], issued: int, nc: int, now: float) -> None:
         seen = self._seen

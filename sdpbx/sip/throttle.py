@@ -27,8 +27,8 @@ not proved.
 
 Memory is bounded and expires: every table (failure histories, blocks, trusted
 pairs) holds at most ``max_entries``, least recently touched forgotten first,
-and :meth:`expire` (called on every failure, and by a timer if the caller has
-one) drops what has aged out. Forgetting early is the safe direction: a guesser
+what has aged out is dropped on every failure, and :meth:`expire` (for a timer)
+also gives the memory of emptied tables back. Forgetting early is the safe direction: a guesser
 merely gets its next few guesses. A blocked source costs one dict entry; its
 history is deleted when the block starts.
 """
@@ -108,7 +108,7 @@ class FailureThrottle:
         return user is None or not self.is_trusted(source, user, now)
 
     def blocked_count(self, now: float) -> int:
-        self.expire(now)
+        self._prune(now)
         return len(self._blocked_pairs) + len(self._blocked_sources)
 
     # -- updates ------------------------------------------------------------------------
@@ -119,7 +119,7 @@ class FailureThrottle:
         A failure recorded while already blocked neither extends the block nor
         returns True, so a caller that answers 403 on True sends it once.
         """
-        self.expire(now)
+        self._prune(now)
         if self.is_blocked(source, user, now):
             return False
         pair = (source, user)
@@ -151,8 +151,27 @@ class FailureThrottle:
         _put(self._trusted, pair, now + self.trust_for, self.max_entries)
 
     def expire(self, now: float) -> None:
-        """Drop histories, blocks and trust that have aged out (oldest first, so
-        this stops at the first live entry of each table)."""
+        """Drop histories, blocks and trust that have aged out, and give the
+        memory of emptied tables back; for a timer every few seconds."""
+        self._prune(now)
+        # A dict never shrinks its hash table on deletion: after a flood, an
+        # emptied table would keep its peak size, so start it afresh.
+        if not self._pairs:
+            self._pairs = OrderedDict()
+        if not self._sources:
+            self._sources = OrderedDict()
+        if not self._blocked_pairs:
+            self._blocked_pairs = OrderedDict()
+        if not self._blocked_sources:
+            self._blocked_sources = OrderedDict()
+        if not self._trusted:
+            self._trusted = OrderedDict()
+
+    def _prune(self, now: float) -> None:
+        """Drop what aged out, oldest first: this stops at the first live entry of
+        each table, so it is cheap enough to run on every failure. (Sources are
+        ordered by their last failure, not their window start, so a few may
+        outlive their window until an older one ahead of them goes.)"""
         horizon = now - self.window
         pairs = self._pairs
         while pairs:
@@ -166,10 +185,10 @@ class FailureThrottle:
             if start > horizon:
                 break
             del sources[source]
-        _prune(self._blocked_pairs, now)
-        _prune(self._blocked_sources, now)
+        _prune_ends(self._blocked_pairs, now)
+        _prune_ends(self._blocked_sources, now)
         # Trust is renewed by re-inserting, so its ends are ascending as well.
-        _prune(self._trusted, now)
+        _prune_ends(self._trusted, now)
 
 
 def _active(table: OrderedDict[K, float], key: K, now: float) -> bool:
@@ -188,7 +207,7 @@ def _put(table: OrderedDict[K, V], key: K, value: V, cap: int) -> None:
     table[key] = value
 
 
-def _prune(table: OrderedDict[K, float], now: float) -> None:
+def _prune_ends(table: OrderedDict[K, float], now: float) -> None:
     while table:
         key, until = next(iter(table.items()))
         if now < until:
