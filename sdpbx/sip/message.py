@@ -37,7 +37,6 @@ from .uri import Uri, parse_uri
 __all__ = [
     "MAX_MESSAGE_SIZE",
     "Message",
-    "ParseLimits",
     "Request",
     "Response",
     "make_response",
@@ -496,26 +495,33 @@ def _check_lists(
                 raise SipParseError(f"more than {limit} {pretty_name(key)} elements")
 
 
-def _core_cache(items: list[tuple[str, str]], index: dict[str, list[int]]) -> dict[str, Any]:
+def _core_cache(
+    items: list[tuple[str, str]], index: dict[str, list[int]], *, request: bool
+) -> dict[str, Any]:
     """Parse what answering or matching a message needs: the message's cache.
 
-    A request is answered from its top Via, From, To, Call-ID and CSeq, and
-    a response is matched on them, so a message whose copies of them are bad
-    is refused here, once, rather than failing again in the error path that
-    tries to answer it. The header parsers are memoised, so a retransmission
-    or the next message of the same call costs a few dictionary lookups.
+    A request is answered from its top Via, From, To, Call-ID and CSeq, so a
+    request whose copies of them are bad is refused here, once, rather than
+    failing again in the error path that tries to answer it. A response is
+    matched to its transaction on the top Via and CSeq alone; its From and
+    To stay lazy so that a 2xx with a broken To still reaches the INVITE
+    that must ACK it (the caller of an accessor gets :class:`SipParseError`).
+    The header parsers are memoised, so a retransmission or the next message
+    of the same call costs a few dictionary lookups.
     """
     top = items[index["via"][0]][1]
     call_id = items[index["call-id"][0]][1]
     if not _CALL_ID.match(call_id):
         raise SipParseError(f"malformed Call-ID {call_id[:60]!r}")
-    return {
+    cache = {
         "top_via": _parse_via(split_commas(top)[0] if "," in top else top),
         "cseq": _parse_cseq(items[index["cseq"][0]][1]),
-        "from": _parse_name_addr(items[index["from"][0]][1]),
-        "to": _parse_name_addr(items[index["to"][0]][1]),
         "call_id": call_id,
     }
+    if request:
+        cache["from"] = _parse_name_addr(items[index["from"][0]][1])
+        cache["to"] = _parse_name_addr(items[index["to"][0]][1])
+    return cache
 
 
 def parse_message(
@@ -527,7 +533,7 @@ def parse_message(
     error and bytes after the body are ignored (RFC 3261 §18.3); without a
     Content-Length the body is the rest of the datagram. Stream transports
     pass exactly one framed message. ``limits`` bounds the work a message may
-    cause (:class:`ParseLimits`).
+    cause (:class:`~sdpbx.sip.headers.ParseLimits`).
 
     A returned request can always be answered with :func:`make_response`,
     and the headers a transaction is matched on are already parsed.
@@ -604,7 +610,7 @@ def parse_message(
         response = Response(
             status, parts[2] if len(parts) > 2 else "", headers, body, parts[0], raw
         )
-        object.__setattr__(response, "_cache", _core_cache(items, index))
+        object.__setattr__(response, "_cache", _core_cache(items, index, request=False))
         return response
 
     parts = start.split()
@@ -619,7 +625,7 @@ def parse_message(
         raise SipParseError(f"malformed request line {start[:80]!r}")
     if uri_text[:1] == "<":
         raise SipParseError(f"Request-URI in angle brackets: {uri_text[:60]!r}")
-    cache = _core_cache(items, index)
+    cache = _core_cache(items, index, request=True)
     if cache["cseq"].method != method:
         raise SipParseError("CSeq method does not match the request method")
     cache["uri"] = parse_uri(uri_text)
