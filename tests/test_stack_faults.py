@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from sdpbx.exchanges import IncomingRequest
-from sdpbx.sip import Response, parse_message
+from sdpbx.sip import parse_message
 from sdpbx.stack import RequestHandler, SipStack
 from sdpbx.transport import MemoryNetwork, Peer, TcpTransport, UdpTransport
 
@@ -92,11 +92,12 @@ async def memory_rig() -> AsyncIterator[tuple[SipStack, Inbox]]:
 
 
 def statuses(messages: list[bytes]) -> list[int]:
+    """Status codes from the start lines: a 400 copies the bad header it refused."""
     out = []
     for data in messages:
-        message = parse_message(data)
-        assert isinstance(message, Response)
-        out.append(message.status)
+        version, status, _ = data.split(b"\r\n", 1)[0].split(b" ", 2)
+        assert version == b"SIP/2.0"
+        out.append(int(status))
     return out
 
 
@@ -167,9 +168,7 @@ async def test_real_sockets_survive_bad_headers(transport: str) -> None:
                 got = []
                 with anyio.fail_after(10):
                     while 200 not in got:
-                        message = parse_message(await sock.receive())
-                        assert isinstance(message, Response)
-                        got.append(message.status)
+                        got.extend(statuses([await sock.receive()]))
         else:
             stream = await anyio.connect_tcp("127.0.0.1", port)
             local = stream.extra(anyio.abc.SocketAttribute.local_port)
