@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 
+import attrs
 import pytest
 
 from sdpbx.b2bua.uac_auth import add_credentials, credential_header_for
 from sdpbx.sip import Request, Response, make_response, parse_message
 from sdpbx.sip.auth import (
     AuthResult,
-    DigestChallenge,
     DigestCredentials,
     DigestServer,
     NonceManager,
@@ -144,7 +144,7 @@ def test_auth_int_covers_the_body() -> None:
     body = b"v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\n"
     request = invite(extra="Content-Type: application/sdp\r\n", body=body)
     [challenge] = server.challenges("r", NOW, algorithms=["MD5"])
-    challenge = DigestChallenge(challenge.realm, challenge.nonce, "MD5", ("auth-int",))
+    challenge = attrs.evolve(challenge, qop=("auth-int",))
     response = challenge_response(request, 401, challenge.to_header_value())
     retry = add_credentials(request, response, username="alice", password="pw")
     assert retry is not None
