@@ -63,12 +63,12 @@ from .sip.auth import (
     AuthResult,
     DigestCredentials,
     DigestServer,
-    NonceManager,
     UnsupportedAuthScheme,
     digest_uri_matches,
 )
 from .sip.errors import SipParseError
 from .sip.message import Request
+from .sip.nonce import NonceManager
 from .sip.throttle import FailureThrottle
 from .sip.uri import SipUri
 from .users import SipUser, UserBackend, UserBackendError, UserRejected

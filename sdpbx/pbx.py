@@ -34,7 +34,7 @@ from .locator import SqliteLocator
 from .proxy import Proxy
 from .registrar import Registrar
 from .routing import Router, StaticRouter, trunks_from_config
-from .sip.auth import NonceManager
+from .sip.nonce import NonceManager
 from .stack import SipStack
 from .store import Database, ExtensionStore
 from .transport import TcpTransport, TlsTransport, Transport, UdpTransport, WsTransport

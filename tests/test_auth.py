@@ -12,8 +12,6 @@ from sdpbx.sip.auth import (
     DigestChallenge,
     DigestCredentials,
     DigestServer,
-    NonceManager,
-    NonceStatus,
     UnsupportedAuthScheme,
     UserSecret,
     build_authorization,
@@ -22,6 +20,7 @@ from sdpbx.sip.auth import (
     compute_response,
 )
 from sdpbx.sip.errors import SipParseError
+from sdpbx.sip.nonce import NonceManager, NonceStatus
 
 SECRET = b"0123456789abcdef-test-secret"
 REALM = "pbx.example.com"
