@@ -29,9 +29,9 @@ from anyio.abc import TaskStatus
 from attrs import evolve, frozen
 
 from .b2bua.uac_auth import add_credentials
+from .errors import TransactionClosed, TransactionTimedOut
 from .sip import Headers, NameAddr, Request, Response, SipParseError, SipUri, parse_uri
 from .sip.ids import new_call_id, new_tag
-from .stack import TransactionTimedOut
 from .transport.base import Peer, TransportName
 
 if TYPE_CHECKING:
@@ -391,6 +391,9 @@ class TrunkRegistration:
                 return await client.final_response()
         except TransactionTimedOut:
             raise _Failed("timeout: no answer from the registrar", 408) from None
+        except TransactionClosed:
+            # The stack closed, or dropped the transaction: still no answer.
+            raise _Failed("no final response from the registrar", 408) from None
         except OSError as exc:
             raise _Failed(f"cannot send: {exc}") from None
         except SipParseError as exc:

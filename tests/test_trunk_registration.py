@@ -458,3 +458,35 @@ def check_destinations(stack: SipStack) -> None:
     assert str(v6.aor) == "sip:u@[2001:db8::1]"
     with pytest.raises(ValueError, match="username and password"):
         trunk_registration_from_config(stack, "t", TrunkConfig(dest="gw.example.net"))
+
+
+async def test_a_closed_transaction_is_a_failure_not_a_crash() -> None:
+    """The stack stops while a REGISTER waits for its answer: the client transaction ends
+    with TransactionClosed (not a timeout); the registration counts it as a failure with no
+    final response and keeps running, instead of dying with the exception."""
+    async with await anyio.create_udp_socket(local_host="127.0.0.1") as registrar:
+        stack = SipStack([UdpTransport("127.0.0.1", free_port())])
+        reg = TrunkRegistration(
+            stack,
+            "carrier",
+            registrar=Peer(
+                "UDP", "127.0.0.1", registrar.extra(anyio.abc.SocketAttribute.local_port)
+            ),
+            aor=AOR,
+            username="alice",
+            password="s3cret",
+            retry_delays=(60.0,),
+        )
+        async with anyio.create_task_group() as outer:
+            async with anyio.create_task_group() as stack_group:
+                await stack_group.start(stack.serve)
+                await outer.start(reg.run)
+                with anyio.fail_after(10):
+                    data, _ = await registrar.receive()
+                assert data.startswith(b"REGISTER ")
+                stack_group.cancel_scope.cancel()  # the REGISTER's transaction closes
+            status = await wait(reg, failed)
+            assert status.last_code == 408
+            assert status.last_error == "no final response from the registrar"
+            outer.cancel_scope.cancel()
+        assert reg.status.state == "stopped"
