@@ -93,6 +93,9 @@ __all__ = [
 
 logger = logging.getLogger("sdpbx.authn")
 
+#: Seconds between sweeps of aged-out throttle and nonce-count state.
+EXPIRE_INTERVAL = 10.0
+
 
 @frozen
 class Authenticated:
@@ -199,6 +202,7 @@ class Authenticator:
         self.check_username = check_username
         self.clock = clock
         self.stats = AuthStats()
+        self._next_expiry = clock() + EXPIRE_INTERVAL
 
     @classmethod
     def from_config(
@@ -211,16 +215,22 @@ class Authenticator:
         clock: Callable[[], float] = time.time,
     ) -> Authenticator:
         """Wire ``[proxy]``: the first realm (or the request's domain when there is
-        none), ``auth_failure_limit`` / ``auth_block_seconds`` (0 disables) and
-        ``auth_algorithms`` (challenges offered, in that order)."""
+        none), the throttle (``auth_failure_limit`` per user and source, 0
+        disables; ``auth_source_failure_limit``, default five times that, per
+        source; ``auth_block_seconds``, ``auth_trust_seconds``,
+        ``auth_max_tracked``), ``auth_algorithms`` (challenges offered, in that
+        order), ``auth_allow_qop_less`` and ``auth_strict_digest_uri``."""
         if realm_for is None:
             realm_for = config.realms[0] if len(config.realms) == 1 else request_domain
         throttle = None
         if config.auth_failure_limit > 0:
+            source_limit = config.auth_source_failure_limit
             throttle = FailureThrottle(
                 limit=config.auth_failure_limit,
                 block_for=config.auth_block_seconds,
-                source_limit=5 * config.auth_failure_limit,
+                source_limit=source_limit or 5 * config.auth_failure_limit,
+                trust_for=config.auth_trust_seconds,
+                max_entries=config.auth_max_tracked,
             )
         return cls(
             users,
@@ -228,6 +238,8 @@ class Authenticator:
             nonces=nonces,
             throttle=throttle,
             algorithms=config.auth_algorithms,
+            allow_qop_less=config.auth_allow_qop_less,
+            strict_digest_uri=config.auth_strict_digest_uri,
             clock=clock,
         )
 
@@ -371,11 +383,20 @@ class Authenticator:
         return Drop("blocked after repeated authentication failures")
 
     def expire(self, now: float) -> None:
-        """Forget throttle and nonce-count state that has aged out; call it from a
-        timer (every few seconds) so memory returns after a flood ends."""
+        """Forget throttle and nonce-count state that has aged out, so memory
+        returns after a flood ends (the stack's timer calls it every
+        :data:`EXPIRE_INTERVAL` seconds once the authenticator is a timer client)."""
         if self.throttle is not None:
             self.throttle.expire(now)
         self.nonces.expire(now)
+
+    # -- TimerClient: ``stack.add_timer_client(authenticator, authenticator.clock)``
+    def next_deadline(self) -> float | None:
+        return self._next_expiry
+
+    def handle_timer(self, now: float) -> None:
+        self._next_expiry = now + EXPIRE_INTERVAL
+        self.expire(now)
 
     @staticmethod
     def _credentials(request: Request, realm: str, *, proxy: bool) -> DigestCredentials | None:

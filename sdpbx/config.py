@@ -108,12 +108,23 @@ class HttpRouterConfig(_Checked):
 
 @frozen
 class LocatorWebhookConfig(_Checked):
-    """``[proxy.locator_webhook]``: tell a web service when phones come and go."""
+    """``[proxy.locator_webhook]``: tell a web service when phones come and go.
+
+    Beyond RustPBX's keys: ``max_in_flight`` POSTs at a time (one per AoR),
+    at most ``queue_size`` events waiting, each for at most ``max_age_secs``
+    while failed POSTs are retried after ``retry_initial_ms``, doubling up to
+    ``retry_max_ms``.
+    """
 
     url: str = field(metadata=_check(_URL))
     events: tuple[LocatorEvent, ...] = ("registered", "unregistered", "offline")
     headers: Mapping[str, str] = field(factory=dict, metadata=_check(_HEADERS))
     timeout_ms: int = field(default=5000, metadata=_check(_POSITIVE))
+    max_in_flight: int = field(default=16, metadata=_check(_POSITIVE))
+    queue_size: int = field(default=10_000, metadata=_check(_POSITIVE))
+    max_age_secs: int = field(default=300, metadata=_check(_POSITIVE))
+    retry_initial_ms: int = field(default=500, metadata=_check(_POSITIVE))
+    retry_max_ms: int = field(default=30_000, metadata=_check(_POSITIVE))
 
 
 # -- [[proxy.user_backends]] -------------------------------------------------------------------
@@ -301,6 +312,17 @@ class ProxyConfig(_Checked):
         default=10, metadata=_check(_min(0, "must be 0 (disabled) or more"))
     )
     auth_block_seconds: int = field(default=300, metadata=_check(_POSITIVE))
+    #: Failures from one source, any user names, before the whole source is
+    #: blocked (users proved from it stay served); unset means 5 x the limit.
+    auth_source_failure_limit: int | None = field(default=None, metadata=_check(_POSITIVE))
+    auth_trust_seconds: int = field(default=3600, metadata=_check(_POSITIVE))
+    auth_max_tracked: int = field(default=10_000, metadata=_check(_POSITIVE))
+    #: RFC 2069 credentials (no qop, no nonce count) for old phones; each nonce
+    #: then answers one request only.
+    auth_allow_qop_less: bool = False
+    #: Compare the digest uri with the Request-URI strictly (equivalent URIs
+    #: only, no bare host:port form).
+    auth_strict_digest_uri: bool = False
     # MD5 first by default: many deployed clients (SIPp 3.6, baresip 1.0,
     # older desk phones) read only the first challenge and speak only MD5.
     auth_algorithms: tuple[str, ...] = field(

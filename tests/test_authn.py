@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from sdpbx.authn import (
+    EXPIRE_INTERVAL,
     Authenticated,
     Authenticator,
     Challenge,
@@ -27,6 +28,7 @@ from sdpbx.sip.auth import (
 )
 from sdpbx.sip.message import Request, parse_message
 from sdpbx.sip.throttle import FailureThrottle
+from sdpbx.testing import FakeClock
 from sdpbx.transport.base import Peer
 from sdpbx.users import MemoryUserBackend, SipUser, UserBackendError, UserRejected
 
@@ -395,3 +397,47 @@ async def test_from_config() -> None:
     )
     assert off.throttle is None
     assert off.realm(register()) == REALM  # no realms: the request's domain
+
+
+async def test_from_config_wires_the_throttle_and_digest_switches() -> None:
+    config = ProxyConfig(
+        auth_failure_limit=3,
+        auth_source_failure_limit=7,
+        auth_trust_seconds=120,
+        auth_max_tracked=50,
+        auth_allow_qop_less=True,
+        auth_strict_digest_uri=True,
+    )
+    auth = Authenticator.from_config(config, MemoryUserBackend(), nonces=NonceManager(SECRET))
+    assert auth.throttle is not None
+    throttle = auth.throttle
+    assert (throttle.source_limit, throttle.trust_for, throttle.max_entries) == (7, 120, 50)
+    assert (auth.digest.qop_required, auth.strict_digest_uri) == (False, True)
+    default = Authenticator.from_config(
+        ProxyConfig(auth_failure_limit=4), MemoryUserBackend(), nonces=NonceManager(SECRET)
+    )
+    assert default.throttle is not None
+    assert default.throttle.source_limit == 20  # five times the per-user limit
+    assert (default.digest.qop_required, default.strict_digest_uri) == (True, False)
+
+
+async def test_the_timer_sweeps_aged_out_state() -> None:
+    """Throttle histories and nonce counts go once they age out, not only on the next failure."""
+    clock = FakeClock(1000.0)
+    auth = Authenticator(
+        MemoryUserBackend(),
+        realm_for=REALM,
+        nonces=NonceManager(SECRET, lifetime=30.0),
+        throttle=FailureThrottle(limit=5, window=60.0),
+        clock=clock,
+    )
+    assert auth.throttle is not None
+    auth.throttle.record_failure("192.0.2.1", "alice", clock())
+    auth.nonces.check(auth.nonces.issue(clock()), 1, clock(), user="alice")
+    assert len(auth.throttle) > 0 and len(auth.nonces) == 1
+    deadline = auth.next_deadline()
+    assert deadline is not None and deadline <= clock() + EXPIRE_INTERVAL
+    clock.advance(400.0)
+    auth.handle_timer(clock())
+    assert len(auth.throttle) == 0 and len(auth.nonces) == 0
+    assert auth.next_deadline() == clock() + EXPIRE_INTERVAL

@@ -173,12 +173,16 @@ async def test_sipp_2000_digest_registrations(sipp: str, tmp_path: Path) -> None
 
 @pytest.mark.sipp
 async def test_sipp_wrong_password_never_registers(sipp: str, tmp_path: Path) -> None:
-    """A wrong password is challenged again each time until the throttle limit, whose
-    failure is answered 403; the blocked source then gets silence."""
+    """20 user names with a wrong password from one source: each is challenged again
+    until the per-source limit (10 failures, any user names), whose failure is
+    answered 403; the blocked source then gets silence."""
     port = free_port()
     config = pbx_toml(
         port,
-        proxy=f"{MD5_ONLY}\nauth_failure_limit = 5\nauth_block_seconds = 60",
+        proxy=(
+            f"{MD5_ONLY}\nauth_failure_limit = 5\nauth_source_failure_limit = 10\n"
+            "auth_block_seconds = 60"
+        ),
         backends=_plain_users(tmp_path, 20),
     )
     trace = tmp_path / "wrong-messages.log"
@@ -194,7 +198,7 @@ async def test_sipp_wrong_password_never_registers(sipp: str, tmp_path: Path) ->
     # (481: SIPp sends a BYE when it aborts a call on an unexpected response.)
     assert {"401", "403"} <= statuses <= {"401", "403", "481"}
     assert locations(tmp_path / "data" / "pbx.sqlite3") == []
-    assert "blocking 127.0.0.1" in pbx.log()
+    assert "from 127.0.0.1 for 60 s after repeated authentication failures" in pbx.log()
 
 
 # -- a restart keeps the bindings --------------------------------------------------------
