@@ -251,8 +251,6 @@ def test_request_headers_a_response_needs_are_checked_at_parse(old: bytes, new: 
 @pytest.mark.parametrize(
     ("old", "new"),
     [
-        (b"To: Bob <sip:bob@biloxi.example.com>;tag=a6c85cf", b"To: Bob <sip:bob@>;tag=x"),
-        (b"From: Alice", b'From: "Alice'),
         (b"CSeq: 314159", b"CSeq: 4294967296"),
         (b"Call-ID: a84b4c76e66710", b"Call-ID: a\x00"),
         (b"Via: SIP/2.0/UDP 192.0.2.4:5060", b"Via: SIP/2.0/UDP 192.0.2.4:5\xc2\xb2"),
@@ -265,6 +263,27 @@ def test_response_headers_matching_needs_are_checked_at_parse(old: bytes, new: b
     with pytest.raises(SipParseError) as info:
         parse_message(data)
     assert info.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"To: Bob <sip:bob@biloxi.example.com>;tag=a6c85cf", b"To: Bob <sip:bob@>;tag=x"),
+        (b"From: Alice", b'From: "Alice'),
+    ],
+)
+def test_a_response_with_a_bad_from_or_to_still_reaches_its_transaction(
+    old: bytes, new: bytes
+) -> None:
+    """Matched on Via and CSeq only: a broken 2xx must still be ACKed by its INVITE;
+    whoever reads From or To gets a SipParseError, never anything else."""
+    data = RESPONSE.replace(old, new, 1)
+    assert data != RESPONSE
+    message = parse_message(data)
+    assert isinstance(message, Response)
+    assert message.top_via.branch and message.cseq.number == 314159
+    with pytest.raises(SipParseError):
+        _ = message.to if old.startswith(b"To") else message.from_
 
 
 def test_eager_values_are_cached() -> None:
@@ -324,15 +343,19 @@ def _exercise(data: bytes) -> None:
     except SipParseError:
         return
     # Never raise: what the transaction layer matches on, and the answers.
-    _ = (message.top_via.branch, message.cseq, message.call_id, message.from_.tag)
-    _ = (message.to.tag, bytes(message))
+    _ = (message.top_via.branch, message.cseq, message.call_id, bytes(message))
     if isinstance(message, Request):
-        _ = message.uri
+        _ = (message.from_.tag, message.to.tag, message.uri)
         for status in (100, 400, 500):
             bytes(make_response(message, status))
         bytes(make_response(message, 200, to_tag="abc", headers=[("X-A", "b")], body=b"x"))
     else:
         _ = message.method
+        for name in ("from_", "to"):  # lazy in a response: a broken 2xx must still match
+            try:
+                _touch(getattr(message, name))
+            except SipParseError:
+                pass
     for value in _public_values(message):
         try:
             _touch(value)
