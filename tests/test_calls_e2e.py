@@ -22,11 +22,19 @@ from attrs import define, field
 from helpers.sipp import SippResult, free_port, run_sipp
 
 from sdpbx.authn import Authenticator
-from sdpbx.b2bua.events import CallAnswered, CallEnded, CallEvent, CallRinging, CallStarted
+from sdpbx.b2bua.events import (
+    CallAnswered,
+    CallEnded,
+    CallEvent,
+    CallRinging,
+    CallStarted,
+    CallState,
+)
 from sdpbx.proxy import Proxy
 from sdpbx.routing import RouteDecision, RouteRequest
 from sdpbx.sip.auth import NonceManager
 from sdpbx.stack import SipStack
+from sdpbx.testing import FakeClock
 from sdpbx.transport import TcpTransport, UdpTransport
 from sdpbx.users import MemoryUserBackend, SipUser
 
@@ -64,6 +72,17 @@ class Pbx:
         assert len(self.proxy.calls) == 0
         assert self.proxy._dialogs == {}
 
+    async def expire(self, clock: FakeClock) -> None:
+        """Run the stack's timers (33 s a step: past Timer B, D, F, H, I, K and M) until
+        every call has left the registry and the stack holds no transaction at all."""
+        stack = self.proxy.stack
+        with anyio.fail_after(10):
+            while len(self.proxy.calls) or len(stack.layer):
+                clock.advance(33.0)
+                stack._timer_tick()
+                await anyio.sleep(0.01)
+        self.assert_clean()
+
 
 @define
 class Callee:
@@ -92,9 +111,16 @@ def forward(targets: Callable[[], list[str]], **options: Any) -> Route:
 
 
 @asynccontextmanager
-async def pbx(route: Route, **options: Any) -> AsyncIterator[Pbx]:
+async def pbx(
+    route: Route, *, clock: FakeClock | None = None, **options: Any
+) -> AsyncIterator[Pbx]:
+    """A proxy on UDP and TCP; with ``clock`` its stack's transaction timers move only when
+    :meth:`Pbx.expire` moves them (RFC 3261's 32-second timers in a moment, no retransmissions)."""
     port = free_port()
-    stack = SipStack([UdpTransport("127.0.0.1", port), TcpTransport("127.0.0.1", port)])
+    stack = SipStack(
+        [UdpTransport("127.0.0.1", port), TcpTransport("127.0.0.1", port)],
+        **({"clock": clock} if clock is not None else {}),
+    )
     proxy = Proxy.from_parts(stack, router=route, **options)
     events: list[CallEvent] = []
     proxy.calls.subscribe(events.append)
@@ -237,6 +263,31 @@ async def test_no_answer_times_out_with_408(sipp: str, tmp_path: Path, strategy:
     assert (ended.reason, ended.status) == ("noAnswer", 408)
     assert any(isinstance(e, CallRinging) for e in p.events)
     p.assert_clean()
+
+
+@pytest.mark.parametrize("scenario", ["uas_ring_forever.xml", "uas_ring_silent.xml"])
+async def test_ring_timeout_leaves_no_transaction(sipp: str, tmp_path: Path, scenario: str) -> None:
+    """Issue 13 item 7: the callee rings past the route's timeout, the caller gets 408 and the
+    callee a CANCEL. A callee that then goes silent answers neither the CANCEL nor the INVITE:
+    the call keeps its CANCEL task (and so its place in the registry) until the stack gives up
+    on both, 64*T1 after the CANCEL (RFC 3261 §9.1). Either way nothing is left behind."""
+    clock = FakeClock()
+    callees: list[Callee] = []
+    async with (
+        anyio.create_task_group() as tg,
+        pbx(forward(lambda: [callees[0].uri], timeout=1.0), clock=clock) as p,
+    ):
+        callees.append(await start_callee(tg, sipp, scenario, tmp_path))
+        caller = await call(sipp, SCENARIOS / "uac_no_answer.xml", p.port, tmp_path)
+        callee = await callees[0].finished()
+        if scenario == "uas_ring_silent.xml":
+            [ended_call] = p.proxy.calls  # over, but it still owns the CANCEL in flight
+            assert ended_call.state is CallState.ENDED
+            assert [e.status for e in p.events if isinstance(e, CallEnded)] == [408]
+        await p.expire(clock)
+    ok(caller)
+    ok(callee)  # got the CANCEL
+    assert (p.ended().reason, p.ended().status) == ("noAnswer", 408)
 
 
 async def test_caller_cancels_before_the_router_decides(sipp: str, tmp_path: Path) -> None:
@@ -433,6 +484,23 @@ async def test_callee_hangs_up(sipp: str, tmp_path: Path, transport: str) -> Non
     p.assert_clean()
 
 
+async def test_compact_headers_cross_the_bridge(sipp: str, tmp_path: Path) -> None:
+    """Issue 7 defect 9: an in-dialog INFO whose Content-Type is the compact "c:" reaches the
+    callee with its Content-Type, and the callee's "c:" reply reaches the caller with its own
+    (SIPp checks both). The INVITE's Allow offers neither REFER nor PRACK, and an in-dialog
+    REFER is answered 501 by the B2BUA, never passed on (the callee would fail on it)."""
+    callees: list[Callee] = []
+    async with anyio.create_task_group() as tg, pbx(forward(lambda: [callees[0].uri])) as p:
+        callees.append(await start_callee(tg, sipp, "uas_info_compact.xml", tmp_path))
+        caller = await call(sipp, SCENARIOS / "uac_info_compact.xml", p.port, tmp_path)
+        callee = await callees[0].finished()
+        await p.settle()
+    ok(caller)
+    ok(callee)
+    assert (p.ended().reason, p.ended().status) == ("byCaller", 200)
+    p.assert_clean()
+
+
 async def test_hold_reinvite_is_relayed(sipp: str, tmp_path: Path) -> None:
     """A re-INVITE offering a=sendonly reaches the callee, whose a=recvonly answer comes back."""
     callees: list[Callee] = []
@@ -594,15 +662,20 @@ async def test_unusable_2xx_is_acked_hung_up_and_502(
     sipp: str, tmp_path: Path, scenario: str, key: str, line: str
 ) -> None:
     """A 2xx no dialog can be built from: the callee still gets its ACK and a BYE, the
-    caller gets 502, and the call leaves nothing behind."""
+    caller gets 502, and once the timers ran the call and every transaction of it (the
+    caller's INVITE, ours to the callee, the BYE) are gone."""
+    clock = FakeClock()
     callees: list[Callee] = []
     extra = ("-key", key, line)
-    async with anyio.create_task_group() as tg, pbx(forward(lambda: [callees[0].uri])) as p:
+    async with (
+        anyio.create_task_group() as tg,
+        pbx(forward(lambda: [callees[0].uri]), clock=clock) as p,
+    ):
         callees.append(await start_callee(tg, sipp, scenario, tmp_path, extra=extra))
         caller = await call(sipp, SCENARIOS / "uac_bad_gateway.xml", p.port, tmp_path)
         callee = await callees[0].finished()
-        await p.settle()
+        await p.expire(clock)
     ok(caller)  # got 502
     ok(callee)  # got ACK and BYE
     assert (p.ended().reason, p.ended().status) == ("failed", 502)
-    p.assert_clean()
+    assert p.proxy.stats.call_errors == 0  # contained as a bad callee, not a crash

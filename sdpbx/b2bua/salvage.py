@@ -10,9 +10,15 @@ failed, and sends them where the INVITE went.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..sip import Request, Response
 
-__all__ = ["raw_request"]
+if TYPE_CHECKING:
+    from ..stack import SipStack
+    from .leg import Leg
+
+__all__ = ["ack_unusable_2xx", "raw_request"]
 
 
 def raw_request(method: str, invite: Request, response: Response, cseq: int, via: str) -> Request:
@@ -32,3 +38,21 @@ def raw_request(method: str, invite: Request, response: Response, cseq: int, via
         ("CSeq", f"{cseq} {method}"),
     ]
     return Request.create(method, invite.uri, headers)
+
+
+def ack_unusable_2xx(stack: SipStack, leg: Leg, response: Response) -> Request:
+    """ACK ``response`` on ``leg`` now and return the BYE that ends it.
+
+    The ACK goes through the INVITE's transaction, which resends it for each
+    retransmitted 2xx; a To the transaction cannot key on gets it once,
+    statelessly. Raises only if even the raw text cannot make a request.
+    """
+    invite, client = leg.invite, leg.client
+    assert invite is not None and client is not None
+    transport = leg.peer.transport
+    ack = raw_request("ACK", invite, response, invite.cseq.number, stack.via_for(transport))
+    try:
+        client.ack(ack, leg.peer)
+    except Exception:
+        stack.send_ack(ack, leg.peer)
+    return raw_request("BYE", invite, response, invite.cseq.number + 1, stack.via_for(transport))
