@@ -17,7 +17,8 @@ and relays in-dialog requests between the legs of live calls::
         await tg.start(proxy.serve)
 
 Nothing slow runs inside SIP handling: 100 Trying goes out before the
-router is awaited, and every call runs in its own task owned by the proxy.
+router is awaited (after authentication, so a challenge is one packet), and
+every call runs in its own task owned by the proxy.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ from .transport.base import Peer
 __all__ = ["Proxy", "ProxyStats"]
 
 log = logging.getLogger("sdpbx.proxy")
+
+#: Methods this proxy handles somewhere (in a dialog, or not).
+_IMPLEMENTED = frozenset(m.strip() for m in ALLOWED_METHODS.split(","))
 
 
 @define
@@ -198,6 +202,9 @@ class Proxy(RequestHandler):
                 await self.registrar.handle(incoming)
             return
         if request.to.tag is not None and method != "CANCEL":
+            if method not in _IMPLEMENTED:
+                incoming.respond(501, headers=[("Allow", ALLOWED_METHODS)])
+                return
             await self._in_dialog(incoming)
             return
         if method == "ACK":
@@ -208,8 +215,12 @@ class Proxy(RequestHandler):
             await self._new_call(incoming)
         elif method == "OPTIONS":
             await super().handle_request(incoming)
-        else:
+        elif method in _IMPLEMENTED:
+            # RFC 3261 §8.2.1: a method we handle, but not outside a dialog.
             incoming.respond(405, headers=[("Allow", ALLOWED_METHODS)])
+        else:
+            # §21.5.2: REFER, SUBSCRIBE, PRACK or FOO are supported for no one here.
+            incoming.respond(501, headers=[("Allow", ALLOWED_METHODS)])
 
     def connection_lost(self, peer: Peer) -> None:
         if self.registrar is not None:
@@ -248,7 +259,6 @@ class Proxy(RequestHandler):
             self.stats.rejected_shutdown += 1
             incoming.respond(503, "Shutting Down", headers=[("Retry-After", "30")])
             return
-        incoming.respond(100)
         max_forwards = request.max_forwards
         if max_forwards is not None and max_forwards <= 0:
             incoming.respond(483)
@@ -257,10 +267,16 @@ class Proxy(RequestHandler):
             incoming.peer.host, self.trunks, True, callee_is_local=self._is_local(request.uri)
         )
         if inbound_trunk is None and self.authenticator is not None and self.authenticate_invites:
+            # No 100 before this: an INVITE without credentials costs one packet,
+            # its stateless 407 (a slow user backend gets the transaction's own
+            # 100 after TimerConfig.trying_delay).
             outcome = await self.authenticator.authenticate(request, incoming.peer, proxy=True)
             if not isinstance(outcome, Authenticated):
                 answer_refusal(incoming, outcome)
                 return
+            if incoming.answered:  # CANCELled (487) while the user backend thought
+                return
+        incoming.respond(100)  # the router may take its time from here
         call = Call(self._services, incoming, direction=direction, inbound_trunk=inbound_trunk)
         incoming.owner = call
         route_request = RouteRequest.from_request(request, incoming.peer.address, direction)
