@@ -91,12 +91,24 @@ def kinds(layer: TransactionLayer) -> list[str]:
     return [type(e).__name__ for e in layer.events()]
 
 
+#: The request of every transaction the tests started: the layer lets go of it once a final
+#: response is sent, and the tests, like a TU, keep their own reference.
+_REQUESTS: dict[ServerTransaction, Request] = {}
+
+
+def req_of(txn: ServerTransaction) -> Request:
+    return _REQUESTS[txn]
+
+
 def receive(
     layer: TransactionLayer, request: Request, now: float = 0.0, *, reliable: bool = False
 ) -> NewTransaction | Retransmission | AckForInvite | StrayAck:
-    return layer.receive_request(
+    outcome = layer.receive_request(
         request, source=SRC, response_destination=SRC, reliable=reliable, now=now
     )
+    if isinstance(outcome, NewTransaction):
+        _REQUESTS[outcome.transaction] = request
+    return outcome
 
 
 def new_server(
@@ -127,9 +139,9 @@ def _nist(state: S, reliable: bool = False) -> tuple[TransactionLayer, ServerTra
     layer = TransactionLayer()
     txn = new_server(layer, req("OPTIONS"), reliable=reliable)
     if state in (S.PROCEEDING, S.COMPLETED):
-        layer.respond(txn, resp(txn.request, 180), now=0.0)
+        layer.respond(txn, resp(req_of(txn), 180), now=0.0)
     if state is S.COMPLETED:
-        layer.respond(txn, resp(txn.request, 200), now=0.0)
+        layer.respond(txn, resp(req_of(txn), 200), now=0.0)
     sent(layer)
     kinds(layer)
     assert txn.state is state
@@ -140,12 +152,12 @@ Action = Callable[[TransactionLayer, ServerTransaction], object]
 
 
 def _retransmit(layer: TransactionLayer, txn: ServerTransaction) -> object:
-    return type(receive(layer, txn.request, 1.0, reliable=txn.reliable)).__name__
+    return type(receive(layer, req_of(txn), 1.0, reliable=txn.reliable)).__name__
 
 
 def _send(status: int) -> Action:
     def action(layer: TransactionLayer, txn: ServerTransaction) -> object:
-        layer.respond(txn, resp(txn.request, status), now=1.0)
+        layer.respond(txn, resp(req_of(txn), status), now=1.0)
         return None
 
     return action
@@ -178,7 +190,7 @@ def test_non_invite_server_transitions(
 def test_non_invite_server_rejects_responses_after_final(status: int) -> None:
     layer, txn = _nist(S.COMPLETED)
     with pytest.raises(LocalProtocolError):
-        layer.respond(txn, resp(txn.request, status), now=1.0)
+        layer.respond(txn, resp(req_of(txn), status), now=1.0)
 
 
 def test_timer_j_ends_completed_non_invite_after_64_t1_exactly() -> None:
@@ -195,7 +207,7 @@ def test_timer_j_ends_completed_non_invite_after_64_t1_exactly() -> None:
 
 def test_reliable_non_invite_ends_on_final_response() -> None:
     layer, txn = _nist(S.TRYING, reliable=True)
-    layer.respond(txn, resp(txn.request, 200), now=0.0)
+    layer.respond(txn, resp(req_of(txn), 200), now=0.0)
     assert txn.state is S.TERMINATED
     assert sent(layer) == [OK]
     assert kinds(layer) == ["TransactionTerminated"]
@@ -220,12 +232,12 @@ def _ist(state: S, reliable: bool = False) -> tuple[TransactionLayer, ServerTran
     layer = TransactionLayer()
     txn = new_server(layer, req("INVITE"), reliable=reliable)
     if state is S.COMPLETED or state is S.CONFIRMED:
-        layer.respond(txn, resp(txn.request, 486), now=0.0)
+        layer.respond(txn, resp(req_of(txn), 486), now=0.0)
     if state is S.CONFIRMED:
         assert isinstance(txn.last_response, Response)
-        receive(layer, ack_for(txn.request, txn.last_response), 0.0, reliable=reliable)
+        receive(layer, ack_for(req_of(txn), txn.last_response), 0.0, reliable=reliable)
     if state is S.ACCEPTED:
-        layer.respond(txn, resp(txn.request, 200), now=0.0)
+        layer.respond(txn, resp(req_of(txn), 200), now=0.0)
     sent(layer)
     kinds(layer)
     assert txn.state is state
@@ -236,7 +248,7 @@ def _ack(layer: TransactionLayer, txn: ServerTransaction) -> object:
     last = txn.last_response
     assert last is not None
     branch = None if last.status >= 300 else "z9hG4bKackbranch"
-    return type(receive(layer, ack_for(txn.request, last, branch=branch), 1.0)).__name__
+    return type(receive(layer, ack_for(req_of(txn), last, branch=branch), 1.0)).__name__
 
 
 IST_TABLE = [
@@ -279,17 +291,17 @@ def test_invite_server_transitions(
 def test_invite_server_misuse_raises(state: S, status: int) -> None:
     layer, txn = _ist(state)
     with pytest.raises(LocalProtocolError):
-        layer.respond(txn, resp(txn.request, status), now=1.0)
+        layer.respond(txn, resp(req_of(txn), status), now=1.0)
 
 
 def test_respond_checks_status_method_and_owner() -> None:
     layer, txn = _ist(S.PROCEEDING)
     with pytest.raises(LocalProtocolError):
-        layer.respond(txn, resp(txn.request, 700), now=0.0)
+        layer.respond(txn, resp(req_of(txn), 700), now=0.0)
     with pytest.raises(LocalProtocolError):
         layer.respond(txn, resp(req("BYE"), 200), now=0.0)
     with pytest.raises(LocalProtocolError):
-        TransactionLayer().respond(txn, resp(txn.request, 200), now=0.0)
+        TransactionLayer().respond(txn, resp(req_of(txn), 200), now=0.0)
     assert txn.state is S.PROCEEDING
 
 
@@ -302,9 +314,9 @@ def test_100_trying_after_200_ms_and_resent_on_retransmission() -> None:
     layer.handle_timer(0.2)
     assert sent(layer) == [TRYING100]
     assert txn.last_response is not None and txn.last_response.status == 100
-    assert isinstance(receive(layer, txn.request, 0.3), Retransmission)
+    assert isinstance(receive(layer, req_of(txn), 0.3), Retransmission)
     assert sent(layer) == [TRYING100]
-    layer.respond(txn, resp(txn.request, 200), now=0.4)
+    layer.respond(txn, resp(req_of(txn), 200), now=0.4)
     assert sent(layer) == [OK]
 
 
@@ -312,7 +324,7 @@ def test_100_trying_after_200_ms_and_resent_on_retransmission() -> None:
 def test_early_response_cancels_the_100_timer(status: int) -> None:
     layer = TransactionLayer()
     txn = new_server(layer, req("INVITE"))
-    layer.respond(txn, resp(txn.request, status), now=0.1)
+    layer.respond(txn, resp(req_of(txn), status), now=0.1)
     assert [line.split()[1] for line in sent(layer)] == [str(status)]
     layer.handle_timer(0.3)
     assert TRYING100 not in sent(layer)
@@ -345,7 +357,7 @@ def test_ack_stops_g_and_timer_i_ends_confirmed() -> None:
 def test_reliable_ack_ends_invite_transaction_at_once() -> None:
     layer, txn = _ist(S.COMPLETED, reliable=True)
     assert isinstance(txn.last_response, Response)
-    ack = ack_for(txn.request, txn.last_response)
+    ack = ack_for(req_of(txn), txn.last_response)
     assert isinstance(receive(layer, ack, 1.0, reliable=True), Retransmission)
     assert txn.state is S.TERMINATED
     assert kinds(layer) == ["TransactionTerminated"]
@@ -357,7 +369,7 @@ def test_2xx_retransmitted_until_ack_then_timer_l() -> None:
     steps = fire_all(layer, 10.0)
     assert [t for t, wire, _ in steps if wire == [OK]] == [0.5, 1.5, 3.5, 7.5]
     assert isinstance(txn.last_response, Response)
-    ack = ack_for(txn.request, txn.last_response, branch="z9hG4bKnewbranch")
+    ack = ack_for(req_of(txn), txn.last_response, branch="z9hG4bKnewbranch")
     outcome = receive(layer, ack, 10.0)
     assert isinstance(outcome, AckForInvite)
     assert outcome.transaction is txn and outcome.request is ack
@@ -383,26 +395,26 @@ def test_reliable_2xx_is_not_retransmitted() -> None:
 
 def test_two_2xx_from_forks_each_wait_for_their_ack() -> None:
     layer, txn = _ist(S.ACCEPTED)
-    second = resp(txn.request, 200, tag="tt2")
+    second = resp(req_of(txn), 200, tag="tt2")
     layer.respond(txn, second, now=0.1)
     assert sent(layer) == [OK]
     layer.handle_timer(0.5)
     assert sent(layer) == [OK, OK]
-    first_ack = ack_for(txn.request, resp(txn.request, 200), branch="z9hG4bKa1")
+    first_ack = ack_for(req_of(txn), resp(req_of(txn), 200), branch="z9hG4bKa1")
     assert isinstance(receive(layer, first_ack, 0.6), AckForInvite)
     layer.handle_timer(1.5)
     (only,) = layer.datagrams_to_send()
     assert b";tag=tt2" in only[0]
-    second_ack = ack_for(txn.request, second, branch="z9hG4bKa2")
+    second_ack = ack_for(req_of(txn), second, branch="z9hG4bKa2")
     assert isinstance(receive(layer, second_ack, 1.6), AckForInvite)
     assert fire_all(layer, 100.0) == [(32.0, [], ["TransactionTerminated"])]
 
 
 def test_tu_resending_an_acked_2xx_sends_it_without_waiting_again() -> None:
     layer, txn = _ist(S.ACCEPTED)
-    ok = resp(txn.request, 200)
+    ok = resp(req_of(txn), 200)
     assert isinstance(
-        receive(layer, ack_for(txn.request, ok, branch="z9hG4bKa1"), 0.1), AckForInvite
+        receive(layer, ack_for(req_of(txn), ok, branch="z9hG4bKa1"), 0.1), AckForInvite
     )
     layer.respond(txn, ok, now=0.2)
     assert sent(layer) == [OK]
@@ -472,7 +484,7 @@ def test_rfc2543_fallback_matching(branch: str | None) -> None:
 def test_rfc2543_ack_for_2xx_goes_through_the_ack_index() -> None:
     layer = TransactionLayer()
     txn = new_server(layer, req("INVITE", branch=None))
-    layer.respond(txn, resp(txn.request, 200, tag="t9"), now=0.0)
+    layer.respond(txn, resp(req_of(txn), 200, tag="t9"), now=0.0)
     outcome = receive(layer, req("ACK", branch=None, to_tag="t9"), 0.1)
     assert isinstance(outcome, AckForInvite) and outcome.transaction is txn
 
@@ -502,21 +514,21 @@ def test_ten_thousand_transactions_leave_nothing_behind() -> None:
         reliable = i % 3 == 0
         if kind == 0:  # non-INVITE
             txn = new_server(layer, req("OPTIONS", branch=f"z9hG4bKn{i}"), now, reliable=reliable)
-            layer.respond(txn, resp(txn.request, 200), now=now)
+            layer.respond(txn, resp(req_of(txn), 200), now=now)
         elif kind == 1:  # INVITE rejected and ACKed
             txn = new_server(layer, req("INVITE", branch=f"z9hG4bKr{i}"), now, reliable=reliable)
-            busy = resp(txn.request, 486)
+            busy = resp(req_of(txn), 486)
             layer.respond(txn, busy, now=now)
-            receive(layer, ack_for(txn.request, busy), now, reliable=reliable)
+            receive(layer, ack_for(req_of(txn), busy), now, reliable=reliable)
         elif kind == 2:  # INVITE answered and ACKed
             txn = new_server(layer, req("INVITE", branch=f"z9hG4bKa{i}", call_id=f"c{i}"), now)
-            ok = resp(txn.request, 200)
+            ok = resp(req_of(txn), 200)
             layer.respond(txn, ok, now=now)
-            outcome = receive(layer, ack_for(txn.request, ok, branch=f"z9hG4bKack{i}"), now)
+            outcome = receive(layer, ack_for(req_of(txn), ok, branch=f"z9hG4bKack{i}"), now)
             assert isinstance(outcome, AckForInvite)
         else:  # INVITE timed out waiting for the ACK
             txn = new_server(layer, req("INVITE", branch=f"z9hG4bKt{i}"), now)
-            layer.respond(txn, resp(txn.request, 603), now=now)
+            layer.respond(txn, resp(req_of(txn), 603), now=now)
         layer.handle_timer(now)
         layer.datagrams_to_send()
         for event in layer.events():

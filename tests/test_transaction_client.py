@@ -60,11 +60,22 @@ def events(layer: TransactionLayer) -> list[str]:
     return out
 
 
+#: The request of every transaction the tests started: the layer lets go of it in COMPLETED,
+#: and the tests, like a TU, keep their own reference.
+_REQUESTS: dict[ClientTransaction, Request] = {}
+
+
+def req_of(txn: ClientTransaction) -> Request:
+    return _REQUESTS[txn]
+
+
 def start(
     method: str = "INVITE", *, reliable: bool = False, layer: TransactionLayer | None = None
 ) -> tuple[TransactionLayer, ClientTransaction]:
-    layer = layer or TransactionLayer()
-    txn = layer.create_client(req(method), destination=DST, reliable=reliable, now=0.0)
+    layer = layer if layer is not None else TransactionLayer()
+    request = req(method)
+    txn = layer.create_client(request, destination=DST, reliable=reliable, now=0.0)
+    _REQUESTS[txn] = request
     return layer, txn
 
 
@@ -91,7 +102,7 @@ def _ict(state: S, reliable: bool = False) -> tuple[TransactionLayer, ClientTran
     assert txn.state is S.CALLING
     feed = {S.PROCEEDING: 180, S.COMPLETED: 486, S.ACCEPTED: 200}.get(state)
     if feed is not None:
-        layer.receive_response(resp(txn.request, feed), now=0.1)
+        layer.receive_response(resp(req_of(txn), feed), now=0.1)
     sent(layer)
     events(layer)
     assert txn.state is state
@@ -121,7 +132,7 @@ def test_invite_client_transitions(
     state: S, status: int, new_state: S, wire: list[str], tu: list[str]
 ) -> None:
     layer, txn = _ict(state)
-    assert layer.receive_response(resp(txn.request, status), now=1.0) is txn
+    assert layer.receive_response(resp(req_of(txn), status), now=1.0) is txn
     assert txn.state is new_state
     assert sent(layer) == wire
     assert events(layer) == tu
@@ -174,7 +185,7 @@ def test_timer_d_ends_completed_after_32_s() -> None:
 
 def test_reliable_non_2xx_ends_at_once_after_the_ack() -> None:
     layer, txn = _ict(S.CALLING, reliable=True)
-    layer.receive_response(resp(txn.request, 486), now=0.1)
+    layer.receive_response(resp(req_of(txn), 486), now=0.1)
     assert sent(layer) == [ACK_LINE]
     assert events(layer) == ["ResponseReceived 486", "TransactionTerminated"]
     assert layer.next_deadline() is None and len(layer) == 0
@@ -183,7 +194,7 @@ def test_reliable_non_2xx_ends_at_once_after_the_ack() -> None:
 def test_timer_m_ends_accepted() -> None:
     layer, txn = _ict(S.ACCEPTED)
     assert fire_all(layer, 1000.0) == [(32.1, [], ["TransactionTerminated"])]
-    assert layer.receive_response(resp(txn.request, 200), now=40.0) is None
+    assert layer.receive_response(resp(req_of(txn), 200), now=40.0) is None
 
 
 def test_ack_for_non_2xx_byte_for_byte() -> None:
@@ -223,7 +234,7 @@ def test_build_ack_keeps_only_the_top_via() -> None:
 
 def test_set_ack_resends_the_tu_ack_on_2xx_retransmission() -> None:
     layer, txn = _ict(S.ACCEPTED)
-    ok = resp(txn.request, 200)
+    ok = resp(req_of(txn), 200)
     ack = req("ACK", branch="z9hG4bKack2xx").replace(
         headers=req("ACK", branch="z9hG4bKack2xx").headers.set("To", "<sip:bob@x>;tag=tt1")
     )
@@ -234,7 +245,7 @@ def test_set_ack_resends_the_tu_ack_on_2xx_retransmission() -> None:
     assert layer.datagrams_to_send() == [(bytes(ack), other)]
     assert events(layer) == []
     # A 2xx from another fork is the TU's business.
-    layer.receive_response(resp(txn.request, 200, tag="fork2"), now=1.1)
+    layer.receive_response(resp(req_of(txn), 200, tag="fork2"), now=1.1)
     assert events(layer) == ["ResponseReceived 200"]
     assert layer.datagrams_to_send() == []
 
@@ -260,9 +271,9 @@ def _nict(state: S, reliable: bool = False) -> tuple[TransactionLayer, ClientTra
     layer, txn = start("OPTIONS", reliable=reliable)
     assert sent(layer) == [OPTIONS_LINE]
     if state in (S.PROCEEDING, S.COMPLETED):
-        layer.receive_response(resp(txn.request, 100), now=0.1)
+        layer.receive_response(resp(req_of(txn), 100), now=0.1)
     if state is S.COMPLETED:
-        layer.receive_response(resp(txn.request, 200), now=0.1)
+        layer.receive_response(resp(req_of(txn), 200), now=0.1)
     events(layer)
     assert txn.state is state
     return layer, txn
@@ -283,7 +294,7 @@ NICT_TABLE = [
 @pytest.mark.parametrize(("state", "status", "new_state", "tu"), NICT_TABLE)
 def test_non_invite_client_transitions(state: S, status: int, new_state: S, tu: list[str]) -> None:
     layer, txn = _nict(state)
-    assert layer.receive_response(resp(txn.request, status), now=1.0) is txn
+    assert layer.receive_response(resp(req_of(txn), status), now=1.0) is txn
     assert txn.state is new_state
     assert sent(layer) == []
     assert events(layer) == tu
@@ -317,7 +328,7 @@ def test_timer_k_ends_completed_after_t4() -> None:
 def test_reliable_non_invite_no_retransmission_and_no_wait() -> None:
     layer, txn = _nict(S.TRYING, reliable=True)
     assert layer.next_deadline() == 32.0
-    layer.receive_response(resp(txn.request, 200), now=0.3)
+    layer.receive_response(resp(req_of(txn), 200), now=0.3)
     assert events(layer) == ["ResponseReceived 200", "TransactionTerminated"]
     assert layer.next_deadline() is None and len(layer) == 0
 
@@ -328,11 +339,13 @@ def test_reliable_non_invite_no_retransmission_and_no_wait() -> None:
 
 def test_invite_and_cancel_with_the_same_branch_are_two_transactions() -> None:
     layer = TransactionLayer()
-    invite = layer.create_client(req("INVITE"), destination=DST, reliable=False, now=0.0)
-    cancel = layer.create_client(req("CANCEL"), destination=DST, reliable=False, now=0.1)
+    _, invite = start("INVITE", layer=layer)
+    cancel_request = req("CANCEL")
+    cancel = layer.create_client(cancel_request, destination=DST, reliable=False, now=0.1)
+    _REQUESTS[cancel] = cancel_request
     assert len(layer) == 2
-    assert layer.receive_response(resp(cancel.request, 200), now=0.2) is cancel
-    assert layer.receive_response(resp(invite.request, 487), now=0.3) is invite
+    assert layer.receive_response(resp(req_of(cancel), 200), now=0.2) is cancel
+    assert layer.receive_response(resp(req_of(invite), 487), now=0.3) is invite
     assert cancel.state is S.COMPLETED and invite.state is S.COMPLETED
 
 
@@ -346,7 +359,7 @@ def test_invite_and_cancel_with_the_same_branch_are_two_transactions() -> None:
 )
 def test_unmatched_responses_return_none(mangle: Callable[[Response], Response]) -> None:
     layer, txn = _ict(S.CALLING)
-    assert layer.receive_response(mangle(resp(txn.request, 200)), now=0.1) is None
+    assert layer.receive_response(mangle(resp(req_of(txn), 200)), now=0.1) is None
     assert txn.state is S.CALLING and events(layer) == []
 
 

@@ -17,6 +17,7 @@ from sdpbx.sip.transaction import (
     ClientTransaction,
     NewTransaction,
     ServerTransaction,
+    Transaction,
     TransactionLayer,
     TransactionState,
 )
@@ -63,6 +64,10 @@ action = st.one_of(
 )
 
 
+#: Each transaction's request, kept as a TU keeps it: the layer lets go of it in COMPLETED.
+_REQUESTS: dict[Transaction, Request] = {}
+
+
 def _step(
     layer: TransactionLayer,
     clients: list[ClientTransaction],
@@ -73,42 +78,41 @@ def _step(
     kind = step[0]
     if kind == "client":
         _, method, reliable, n = step
-        txn = layer.create_client(
-            request(method, f"z9hG4bKcl{len(clients)}x{n}"),
-            destination=PEER,
-            reliable=reliable,
-            now=now,
-        )
+        sent = request(method, f"z9hG4bKcl{len(clients)}x{n}")
+        txn = layer.create_client(sent, destination=PEER, reliable=reliable, now=now)
+        _REQUESTS[txn] = sent
         clients.append(txn)
     elif kind == "response" and clients:
         _, index, status, other_tag = step
         txn = clients[index % len(clients)]
-        response = make_response(txn.request, status, to_tag="u2" if other_tag else "u1")
+        response = make_response(_REQUESTS[txn], status, to_tag="u2" if other_tag else "u1")
         assert layer.receive_response(response, now=now) in (txn, None)
     elif kind == "request":
         _, method, reliable, branch = step
+        received = request(method, branch)
         outcome = layer.receive_request(
-            request(method, branch),
+            received,
             source=PEER,
             response_destination=PEER,
             reliable=reliable,
             now=now,
         )
         if isinstance(outcome, NewTransaction):
+            _REQUESTS[outcome.transaction] = received
             servers.append(outcome.transaction)
             if method == "CANCEL":
-                layer.find_invite_for_cancel(outcome.transaction.request)
+                layer.find_invite_for_cancel(received)
     elif kind == "respond" and servers:
         _, index, status, other_tag = step
         txn = servers[index % len(servers)]
-        response = make_response(txn.request, status, to_tag="s2" if other_tag else "s1")
+        response = make_response(_REQUESTS[txn], status, to_tag="s2" if other_tag else "s1")
         layer.respond(txn, response, now=now)
     elif kind == "ack" and servers:
         _, index, same_branch, reliable = step
         txn = servers[index % len(servers)]
         last = txn.last_response
         tag = last.to.tag if last is not None else None
-        branch = txn.request.top_via.branch if same_branch else "z9hG4bKack"
+        branch = _REQUESTS[txn].top_via.branch if same_branch else "z9hG4bKack"
         ack = request("ACK", branch, to_tag=tag)
         layer.receive_request(
             ack, source=PEER, response_destination=PEER, reliable=reliable, now=now
@@ -127,6 +131,7 @@ def _step(
 @given(st.lists(action, max_size=60))
 def test_random_interleavings_end_clean(steps: list[tuple[Any, ...]]) -> None:
     layer = TransactionLayer()
+    _REQUESTS.clear()
     clients: list[ClientTransaction] = []
     servers: list[ServerTransaction] = []
     now = 0.0
@@ -143,10 +148,10 @@ def test_random_interleavings_end_clean(steps: list[tuple[Any, ...]]) -> None:
     # A TU answers every request it was given, and a UAS answers every INVITE it ringed.
     for server in servers:
         if server.state in (S.TRYING, S.PROCEEDING):
-            layer.respond(server, make_response(server.request, 500, to_tag="end"), now=now)
+            layer.respond(server, make_response(_REQUESTS[server], 500, to_tag="end"), now=now)
     for client in clients:
         if client.state is S.PROCEEDING and client.is_invite:
-            layer.receive_response(make_response(client.request, 487, to_tag="end"), now=now)
+            layer.receive_response(make_response(_REQUESTS[client], 487, to_tag="end"), now=now)
     for _ in range(3):
         now += 100.0
         layer.handle_timer(now)

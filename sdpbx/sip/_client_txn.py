@@ -193,6 +193,7 @@ class ClientSide(LayerCore):
                     self._terminate(txn)
                 else:
                     txn._t_end = self._arm(txn, "K", now + timers.timer_k)
+                    _release(txn)
             elif status < 300:
                 txn.state = ACCEPTED
                 txn._t_end = self._arm(txn, "M", now + timers.timer_m)
@@ -205,6 +206,7 @@ class ClientSide(LayerCore):
                     self._terminate(txn)
                 else:
                     txn._t_end = self._arm(txn, "D", now + timers.timer_d)
+                    _release(txn)
         elif state is COMPLETED:
             if txn.is_invite and status >= 300 and txn._acks:
                 self._out.append(txn._acks[None])
@@ -216,3 +218,14 @@ class ClientSide(LayerCore):
             else:
                 self._events.append(ResponseReceived(txn, response))
         return txn
+
+
+def _release(txn: ClientTransaction) -> None:
+    """COMPLETED (Timer K or D running): nothing is retransmitted any more, so the
+    request and its bytes go; the ACK of a non-2xx is kept in ``_acks``.
+
+    ``context`` stays: the final response is still to be delivered through it, and the
+    stack detaches its handle once it has (see ``SipStack._flush``).
+    """
+    txn._request = None
+    txn._request_bytes = b""

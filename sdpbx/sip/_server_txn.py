@@ -253,6 +253,7 @@ class ServerSide(LayerCore):
                     ack_key = self._key_2543(txn.request, response.to.tag, "ACK")
                     self._server[ack_key] = txn
                     txn._ack_keys.append(ack_key)
+                _release(txn)
                 return
             if state is ACCEPTED and 200 <= status < 300:
                 # RFC 6026 §7.1: further 2xx (a proxy relaying forks) go out too.
@@ -273,6 +274,7 @@ class ServerSide(LayerCore):
                 self._terminate(txn)
             else:
                 txn._t_end = self._arm(txn, "J", now + timers.timer_j)
+                _release(txn)
             return
         raise LocalProtocolError(f"cannot send {status} on {txn!r}")
 
@@ -320,6 +322,9 @@ class ServerSide(LayerCore):
         txn._t_100 = None
         self._disarm(txn._t_end)
         txn._t_end = self._arm(txn, "J", now + self.timers.timer_j)
+        if not txn.is_invite:
+            # An INVITE keeps its context: a CANCEL must still find the (silent) call.
+            _release(txn)
 
     def _accept_2xx(self, txn: ServerTransaction, response: Response, now: float) -> None:
         tag = response.to.tag
@@ -336,3 +341,15 @@ class ServerSide(LayerCore):
         if not txn.reliable and txn._t_retx is None:
             txn._interval = self.timers.t1
             txn._t_retx = self._arm(txn, "2xx", now + self.timers.t1)
+
+
+def _release(txn: ServerTransaction) -> None:
+    """Keep only what answering retransmissions needs: key, last response, destination.
+
+    Called when a final response moves a machine to COMPLETED (non-INVITE waiting for
+    Timer J, INVITE waiting for its ACK and Timer I) and when a non-INVITE is abandoned.
+    The TU's context (the stack's IncomingRequest, the handler's state) goes too: nothing
+    the TU holds is needed to absorb a copy of the request.
+    """
+    txn._request = None
+    txn.context = None

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from attrs import field, frozen, validators
 
+from .errors import LocalProtocolError
 from .message import Request, Response
 
 if TYPE_CHECKING:
@@ -105,6 +106,7 @@ class Transaction:
     __slots__ = (
         "_interval",
         "_layer",
+        "_request",
         "_t_end",
         "_t_retx",
         "context",
@@ -113,7 +115,6 @@ class Transaction:
         "last_response",
         "method",
         "reliable",
-        "request",
         "state",
     )
 
@@ -122,7 +123,7 @@ class Transaction:
     ) -> None:
         self._layer = layer
         self.key = key
-        self.request = request
+        self._request: Request | None = request
         self.method = request.method
         self.is_invite = request.method == "INVITE"
         self.reliable = reliable
@@ -136,6 +137,20 @@ class Transaction:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.method} {self.key[0]} {self.state.name}>"
+
+    @property
+    def request(self) -> Request:
+        """The request, until a final response leaves the transaction only absorbing copies.
+
+        From then on (COMPLETED, CONFIRMED) the layer keeps the key, the last response and
+        the destination, not the request: a 10 KB request kept for Timer J's 32 s costs
+        10 KB per answered request, and a flood multiplies that. A TU that needs the request
+        later keeps its own reference (``IncomingRequest.request``).
+        """
+        request = self._request
+        if request is None:
+            raise LocalProtocolError(f"{self!r} no longer holds its request")
+        return request
 
     def _forget(self, core: LayerCore) -> None:
         """Drop every index entry and timer of this transaction (it is terminating)."""
