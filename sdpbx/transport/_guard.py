@@ -14,10 +14,12 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import SocketListener, SocketStream
 
 __all__ = ["LogLimiter", "TransportStats", "accept_forever", "guarded"]
@@ -25,18 +27,34 @@ __all__ = ["LogLimiter", "TransportStats", "accept_forever", "guarded"]
 # Errors of accept() meaning "no resources right now": wait, do not spin.
 _EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _EXHAUSTED_BACKOFF = 0.1
+# After closing an idle connection for its descriptor: long enough for its
+# task to run its cleanup and close the socket.
+_FREED_BACKOFF = 0.005
 
 
 class TransportStats:
     """Counters of one stream transport (read by metrics and tests)."""
 
-    __slots__ = ("accept_errors", "connection_errors", "connections_accepted")
+    __slots__ = (
+        "accept_errors",
+        "connection_errors",
+        "connections_accepted",
+        "connections_evicted",
+        "connections_refused",
+        "deadline_closes",
+    )
 
     def __init__(self) -> None:
         self.connections_accepted = 0
         # Connections closed by the guard after an unexpected exception.
         self.connection_errors = 0
         self.accept_errors = 0
+        # Closed idle to make room under the connection limits, and newcomers
+        # closed at once because every connection was mid-message.
+        self.connections_evicted = 0
+        self.connections_refused = 0
+        # Closed because a message (or WS handshake) missed its deadline.
+        self.deadline_closes = 0
 
 
 class LogLimiter:
@@ -44,6 +62,8 @@ class LogLimiter:
 
     The first occurrence carries the traceback; later ones say how many were
     suppressed meanwhile, so the log shows the rate without growing with it.
+    The clock is :func:`time.monotonic`, not the event loop's, since UDP calls
+    this from a loop reader callback where no async library is detectable.
     """
 
     def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
@@ -54,7 +74,7 @@ class LogLimiter:
         self._traceback_shown = False
 
     def warning(self, msg: str, *args: Any, exc: BaseException | None = None) -> None:
-        now = anyio.current_time()
+        now = time.monotonic()
         if now < self._next:
             self._suppressed += 1
             return
@@ -94,8 +114,13 @@ async def accept_forever(
     name: str,
     stats: TransportStats,
     log: LogLimiter,
+    exhausted: Callable[[], bool] | None = None,
 ) -> None:
-    """Accept until the listener closes; no error of accept() ends the loop."""
+    """Accept until the listener closes; no error of accept() ends the loop.
+
+    Out of descriptors, ``exhausted`` may close an idle connection to make
+    room (it says whether it did); otherwise the loop waits before retrying.
+    """
     while True:
         try:
             stream = await listener.accept()
@@ -104,8 +129,17 @@ async def accept_forever(
         except Exception as exc:
             stats.accept_errors += 1
             log.warning("%s accept failed: %r", name, exc)
-            exhausted = not isinstance(exc, OSError) or exc.errno in _EXHAUSTED
-            await anyio.sleep(_EXHAUSTED_BACKOFF if exhausted else 0)
+            out_of_resources = not isinstance(exc, OSError) or exc.errno in _EXHAUSTED
+            if not out_of_resources:
+                await anyio.lowlevel.checkpoint()
+                continue
+            freed = False
+            if exhausted is not None:
+                try:
+                    freed = exhausted()
+                except Exception as hook_exc:
+                    log.warning("%s could not free a descriptor: %r", name, hook_exc)
+            await anyio.sleep(_FREED_BACKOFF if freed else _EXHAUSTED_BACKOFF)
             continue
         stats.connections_accepted += 1
         spawn(stream)

@@ -10,9 +10,14 @@ awaiting, writes never interleave, and a peer that stops reading applies
 backpressure (then a timeout) instead of growing memory.
 
 Connections close on EOF, on a framing error (the position of the next message
-is unknowable), on a write error or timeout, and after ``idle_timeout``
-seconds without traffic in either direction. All connection tasks live in the
-task group of :meth:`serve`, so cancelling ``serve`` closes every connection.
+is unknowable), on a write error or timeout, when a message is still partial
+``message_deadline`` seconds after its first byte (slowloris), and after
+``idle_timeout`` seconds without a whole message or ping in, or a write out.
+Every connection holds a slot of the shared
+:class:`~sdpbx.transport.limits.ConnectionTable`, which closes the one idle
+longest (or refuses the newcomer) at its caps. All connection tasks live in
+the task group of :meth:`serve`, so cancelling ``serve`` closes every
+connection.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from ..sip.errors import SipParseError
 from ..sip.framing import StreamFramer
 from ._guard import LogLimiter, TransportStats, accept_forever, guarded
 from .base import Peer, TransportHandler, TransportName, next_connection_id
+from .limits import ConnectionSlot, ConnectionTable
 
 __all__ = ["TcpTransport", "TlsTransport"]
 
@@ -99,11 +105,19 @@ class _Connection:
         "outbox",
         "peer",
         "scope",
+        "slot",
         "stream",
+        "writing",
     )
 
     def __init__(
-        self, stream: ByteStream, peer: Peer, idle_timeout: float, queue_size: int
+        self,
+        stream: ByteStream,
+        peer: Peer,
+        idle_timeout: float,
+        queue_size: int,
+        slot: ConnectionSlot,
+        scope: anyio.CancelScope | None = None,
     ) -> None:
         self.id = peer.connection_id
         self.stream = stream
@@ -112,8 +126,10 @@ class _Connection:
         self.idle_timeout = idle_timeout
         self.last_activity = anyio.current_time()
         self.outbox, self.inbox = anyio.create_memory_object_stream[bytes](queue_size)
-        self.scope = anyio.CancelScope()
+        self.scope = scope or anyio.CancelScope()
+        self.slot = slot
         self.closed = False
+        self.writing = False
 
 
 class _StreamTransport:
@@ -133,11 +149,18 @@ class _StreamTransport:
         connect_timeout: float = 10.0,
         send_timeout: float = 10.0,
         send_queue_size: int = 256,
-        message_deadline: float = 10.0,
+        message_deadline: float | None = None,
+        connections: ConnectionTable | None = None,
     ) -> None:
         self.host = host
+        # Share one table between all stream transports so the caps span them.
+        self.connections = connections if connections is not None else ConnectionTable()
         # A message must be whole this long after its first byte (slowloris).
-        self.message_deadline = message_deadline
+        self.message_deadline = (
+            message_deadline
+            if message_deadline is not None
+            else self.connections.limits.message_deadline
+        )
         self.port = port
         self.idle_timeout = idle_timeout
         self.outbound_idle_timeout = outbound_idle_timeout
@@ -153,6 +176,7 @@ class _StreamTransport:
         self._handler: TransportHandler | None = None
         self.stats = TransportStats()
         self._log = LogLimiter(logger)
+        self._accept_log = LogLimiter(logger)
 
     @property
     def local_host(self) -> str:
@@ -199,6 +223,7 @@ class _StreamTransport:
                 self._handler = handler
                 for listener in listeners:
                     tg.start_soon(self._accept_loop, listener, tg)
+                tg.start_soon(self.connections.maintain)
                 task_status.started()
         finally:
             self._task_group = None
@@ -208,7 +233,10 @@ class _StreamTransport:
         def spawn(stream: SocketStream) -> None:
             tg.start_soon(self._guarded_inbound, stream)
 
-        await accept_forever(listener, spawn, self.name, self.stats, self._log)
+        def exhausted() -> bool:
+            return self.connections.evict_idle("out of file descriptors")
+
+        await accept_forever(listener, spawn, self.name, self.stats, self._accept_log, exhausted)
 
     async def _guarded_inbound(self, raw: SocketStream) -> None:
         """One accepted connection, from accept to close, under the guard."""
@@ -231,17 +259,38 @@ class _StreamTransport:
             logger.debug("%s connection gone before it was served", self.name)
             return
         host, port = _normal_host(str(remote[0])), int(remote[1])
+        # Cancelled when the connection table evicts this connection.
+        scope = anyio.CancelScope()
+        slot = self.connections.admit(host, scope.cancel, self.stats, name=self.name)
+        if slot is None:
+            return  # refused at the cap: the caller closes the socket now
         try:
-            stream = await self._wrap_inbound(raw)
-        except (*_GONE, ssl.SSLError) as exc:  # TimeoutError is an OSError
-            logger.debug("%s handshake with %s:%d failed: %s", self.name, host, port, exc)
-            return
-        conn = self._register(stream, host, port, self.idle_timeout)
-        await self._run(conn)
+            with scope:
+                try:
+                    stream = await self._wrap_inbound(raw)
+                except (*_GONE, ssl.SSLError) as exc:  # TimeoutError is an OSError
+                    logger.debug("%s handshake with %s:%d failed: %s", self.name, host, port, exc)
+                    return
+                conn = self._register(stream, host, port, self.idle_timeout, slot)
+                await self._run(conn)
+        finally:
+            # Socket closed before the slot goes, so the table never counts
+            # fewer descriptors than are held.
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(raw)
+            slot.release()
 
-    def _register(self, stream: ByteStream, host: str, port: int, idle: float) -> _Connection:
+    def _register(
+        self,
+        stream: ByteStream,
+        host: str,
+        port: int,
+        idle: float,
+        slot: ConnectionSlot,
+        scope: anyio.CancelScope | None = None,
+    ) -> _Connection:
         peer = Peer(self.name, host, port, next_connection_id())
-        conn = _Connection(stream, peer, idle, self.send_queue_size)
+        conn = _Connection(stream, peer, idle, self.send_queue_size, slot, scope)
         self._by_id[peer.connection_id] = conn  # type: ignore[index]
         self._by_address[conn.key] = conn
         return conn
@@ -263,19 +312,29 @@ class _StreamTransport:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._write_loop, conn)
                     await self._read_loop(conn)
-                    tg.cancel_scope.cancel()
+                    # An idle writer ends by itself once its queue is closed;
+                    # cancelling it instead would leave its frames in reference
+                    # cycles (the CancelledError's traceback), holding the
+                    # connection's buffers until a full garbage collection.
+                    conn.outbox.close()
+                    if conn.writing or conn.inbox.statistics().current_buffer_used:
+                        tg.cancel_scope.cancel()
         finally:
-            self._unregister(conn)
-            conn.outbox.close()
-            conn.inbox.close()
-            handler = self._handler
-            if handler is not None:
-                try:
-                    handler.connection_lost(conn.peer)
-                except Exception:
-                    logger.exception("%s connection_lost handler failed", self.name)
-            with anyio.CancelScope(shield=True):
-                await anyio.aclose_forcefully(conn.stream)
+            try:
+                self._unregister(conn)
+                conn.outbox.close()
+                conn.inbox.close()
+                handler = self._handler
+                if handler is not None:
+                    try:
+                        handler.connection_lost(conn.peer)
+                    except Exception:
+                        logger.exception("%s connection_lost handler failed", self.name)
+                with anyio.CancelScope(shield=True):
+                    await anyio.aclose_forcefully(conn.stream)
+            finally:
+                # Once the socket is closed, so the table counts descriptors held.
+                conn.slot.release()
 
     async def _read_loop(self, conn: _Connection) -> None:
         handler = self._handler
@@ -284,6 +343,7 @@ class _StreamTransport:
         framer = StreamFramer(self.max_message_size)
         stream = conn.stream
         peer = conn.peer
+        slot = conn.slot
         # When the first byte of a still-partial message arrived. Only whole
         # messages and pings refresh ``last_activity``, so trickling bytes
         # keeps neither the idle timer nor the message deadline at bay.
@@ -300,6 +360,7 @@ class _StreamTransport:
             now = anyio.current_time()
             if idle.cancelled_caught:
                 if partial_since is not None and now >= partial_since + self.message_deadline:
+                    self.stats.deadline_closes += 1
                     logger.info(
                         "%s message from %s incomplete after %gs, closing",
                         self.name,
@@ -331,9 +392,13 @@ class _StreamTransport:
                 partial_since = now
             if completed:
                 conn.last_activity = now
+                slot.message_done(busy=framer.in_message)
+            elif framer.in_message:
+                slot.message_started()
             pings = framer.take_pings()
             if pings:
                 conn.last_activity = now
+                slot.keepalive(busy=framer.in_message)
                 # A full queue already proves we are alive: skip the pong then.
                 with contextlib.suppress(anyio.WouldBlock):
                     conn.outbox.send_nowait(_PONG * pings)
@@ -351,6 +416,7 @@ class _StreamTransport:
                     break
                 batch.append(more)
                 size += len(more)
+            conn.writing = True
             with anyio.move_on_after(self.send_timeout) as timeout:
                 try:
                     await stream.send(batch[0] if len(batch) == 1 else b"".join(batch))
@@ -358,6 +424,7 @@ class _StreamTransport:
                     logger.debug("%s write to %s failed: %s", self.name, conn.peer.address, exc)
                     conn.scope.cancel()
                     return
+            conn.writing = False
             if timeout.cancelled_caught:
                 logger.info("%s write to %s timed out, closing", self.name, conn.peer.address)
                 conn.scope.cancel()
@@ -429,20 +496,36 @@ class _StreamTransport:
                 conn = self._by_address.get(key)
                 if conn is not None:
                     return conn
-                with anyio.fail_after(self.connect_timeout):
-                    raw = await anyio.connect_tcp(host, peer.port)
-                    try:
-                        stream = await self._wrap_outbound(raw, host)
-                    except BaseException:
-                        with anyio.CancelScope(shield=True):
-                            await anyio.aclose_forcefully(raw)
-                        raise
+                scope = anyio.CancelScope()
+                slot = self.connections.admit(
+                    host, scope.cancel, self.stats, name=self.name, inbound=False
+                )
+                if slot is None:
+                    raise ConnectionRefusedError(
+                        f"{self.name} connection limit reached: not connecting to {peer.address}"
+                    )
+                # Busy while connecting, so an inbound flood cannot evict it.
+                slot.message_started()
+                try:
+                    with anyio.fail_after(self.connect_timeout):
+                        raw = await anyio.connect_tcp(host, peer.port)
+                        try:
+                            stream = await self._wrap_outbound(raw, host)
+                        except BaseException:
+                            with anyio.CancelScope(shield=True):
+                                await anyio.aclose_forcefully(raw)
+                            raise
+                except BaseException:
+                    slot.release()
+                    raise
         except (anyio.BrokenResourceError, anyio.EndOfStream) as exc:
             raise ConnectionResetError(f"{self.name} handshake with {peer.address} failed") from exc
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._connecting.pop(key, None)
-        conn = self._register(stream, host, peer.port, self.outbound_idle_timeout)
+        # Ours, carrying a message now: not the kind of idle a flood is made of.
+        slot.message_done()
+        conn = self._register(stream, host, peer.port, self.outbound_idle_timeout, slot, scope)
         tg.start_soon(
             guarded,
             lambda: self._run(conn),
@@ -483,7 +566,8 @@ class TlsTransport(_StreamTransport):
         connect_timeout: float = 10.0,
         send_timeout: float = 10.0,
         send_queue_size: int = 256,
-        message_deadline: float = 10.0,
+        message_deadline: float | None = None,
+        connections: ConnectionTable | None = None,
     ) -> None:
         super().__init__(
             host,
@@ -495,6 +579,7 @@ class TlsTransport(_StreamTransport):
             send_timeout=send_timeout,
             send_queue_size=send_queue_size,
             message_deadline=message_deadline,
+            connections=connections,
         )
         self.ssl_context = ssl_context
         self.client_ssl_context = client_ssl_context or ssl.create_default_context()

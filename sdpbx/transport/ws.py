@@ -11,6 +11,13 @@ Every connection, accepted or opened by :meth:`WsTransport.send`, lives in the
 task group owned by :meth:`WsTransport.serve`, and is found again by its id (so
 a response goes back over the connection the request came in on, as phones
 behind NAT need) or by its remote address.
+
+Slow peers get the same deadline as over TCP: the upgrade must be done, and
+each SIP message whole, within ``message_deadline`` (of the accept, and of the
+message's first byte); only whole messages, pings and our own writes keep a
+connection from being idle. Every connection holds a slot of the shared
+:class:`~sdpbx.transport.limits.ConnectionTable`, so the process-wide caps
+count WebSocket connections with the TCP and TLS ones.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import math
 import ssl
 
 import anyio
@@ -40,6 +48,7 @@ from wsproto.events import (
     CloseConnection,
     Event,
     Ping,
+    Pong,
     RejectConnection,
     RejectData,
     Request,
@@ -50,6 +59,7 @@ from wsproto.utilities import LocalProtocolError
 
 from ._guard import LogLimiter, TransportStats, accept_forever, guarded
 from .base import Peer, TransportHandler, TransportName, next_connection_id
+from .limits import ConnectionSlot, ConnectionTable
 
 __all__ = ["WsTransport"]
 
@@ -68,15 +78,26 @@ _GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 class _Connection:
     """One open WebSocket: the socket, its wsproto state and a write lock."""
 
-    def __init__(self, stream: ByteStream, ws: WSConnection, peer: Peer) -> None:
+    def __init__(
+        self,
+        stream: ByteStream,
+        ws: WSConnection,
+        peer: Peer,
+        slot: ConnectionSlot,
+        scope: anyio.CancelScope | None = None,
+    ) -> None:
         self.stream = stream
         self.ws = ws
         self.peer = peer
+        self.slot = slot
         self.id: int = peer.connection_id or 0
         self.write_lock = anyio.Lock()
         self.last_activity = anyio.current_time()
+        # When the first byte of a still-incomplete message arrived.
+        self.partial_since: float | None = None
         self.closed = False
-        self.scope = anyio.CancelScope()  # cancelled by WsTransport.close_connection
+        # Cancelled by WsTransport.close_connection and by an eviction.
+        self.scope = scope or anyio.CancelScope()
 
     async def send_event(self, event: Event) -> None:
         """Write one wsproto event; the lock keeps frames of concurrent senders whole."""
@@ -124,6 +145,8 @@ class WsTransport:
     connecting out. ``idle_timeout`` closes connections silent for that long
     (``None`` keeps them forever); keep it above the phones' re-REGISTER
     interval, since closing a WS connection ends its RFC 5626 flow.
+    ``message_deadline`` and ``handshake_timeout`` default to the deadline of
+    ``connections`` (the shared :class:`ConnectionTable`).
     """
 
     reliable = True
@@ -139,8 +162,10 @@ class WsTransport:
         path: str = "/",
         max_message_size: int = 256 * 1024,
         idle_timeout: float | None = 900.0,
-        handshake_timeout: float = 10.0,
+        handshake_timeout: float | None = None,
         connect_timeout: float = 10.0,
+        message_deadline: float | None = None,
+        connections: ConnectionTable | None = None,
     ) -> None:
         if secure and ssl_context is None:
             raise ValueError("WSS needs ssl_context (the server certificate)")
@@ -153,7 +178,10 @@ class WsTransport:
         self.path = path
         self.max_message_size = max_message_size
         self.idle_timeout = idle_timeout
-        self.handshake_timeout = handshake_timeout
+        self.connections = connections if connections is not None else ConnectionTable()
+        deadline = self.connections.limits.message_deadline
+        self.message_deadline = message_deadline if message_deadline is not None else deadline
+        self.handshake_timeout = handshake_timeout if handshake_timeout is not None else deadline
         self.connect_timeout = connect_timeout
         self._handler: TransportHandler | None = None
         self._tg: TaskGroup | None = None
@@ -162,6 +190,7 @@ class WsTransport:
         self._connecting: dict[tuple[str, int], anyio.Event] = {}
         self.stats = TransportStats()
         self._log = LogLimiter(logger)
+        self._accept_log = LogLimiter(logger)
 
     @property
     def local_host(self) -> str:
@@ -205,11 +234,21 @@ class WsTransport:
                 def spawn(stream: SocketStream) -> None:
                     tg.start_soon(self._guarded_accept, stream)
 
+                def exhausted() -> bool:
+                    return self.connections.evict_idle("out of file descriptors")
+
                 for listener in tcp.listeners:
                     if isinstance(listener, SocketListener):
                         tg.start_soon(
-                            accept_forever, listener, spawn, self.name, self.stats, self._log
+                            accept_forever,
+                            listener,
+                            spawn,
+                            self.name,
+                            self.stats,
+                            self._accept_log,
+                            exhausted,
                         )
+                tg.start_soon(self.connections.maintain)
                 task_status.started()
         finally:
             self._tg = None
@@ -260,9 +299,23 @@ class WsTransport:
                 return conn
         if self._tg is None:
             raise OSError(f"{self.name} transport is not serving")
+        scope = anyio.CancelScope()
+        slot = self.connections.admit(host, scope.cancel, self.stats, name=self.name, inbound=False)
+        if slot is None:
+            raise ConnectionRefusedError(
+                f"{self.name} connection limit reached: not connecting to {host}:{port}"
+            )
+        # Busy while connecting, so an inbound flood cannot evict it.
+        slot.message_started()
         done = self._connecting[key] = anyio.Event()
         try:
-            conn = await self._connect(host, port)
+            try:
+                conn = await self._connect(host, port, slot, scope)
+            except BaseException:
+                slot.release()
+                raise
+            # Ours, carrying a message now: not the kind of idle a flood is made of.
+            slot.message_done()
             self._register(conn)
             self._tg.start_soon(
                 guarded,
@@ -276,7 +329,9 @@ class WsTransport:
             del self._connecting[key]
             done.set()
 
-    async def _connect(self, host: str, port: int) -> _Connection:
+    async def _connect(
+        self, host: str, port: int, slot: ConnectionSlot, scope: anyio.CancelScope
+    ) -> _Connection:
         with anyio.fail_after(self.connect_timeout):
             if self.secure:
                 context = self.client_ssl_context or ssl.create_default_context()
@@ -296,7 +351,7 @@ class WsTransport:
                 await anyio.aclose_forcefully(stream)
                 raise
         peer = Peer(self.name, host, port, next_connection_id())
-        return _Connection(stream, ws, peer)
+        return _Connection(stream, ws, peer, slot, scope)
 
     @staticmethod
     async def _client_handshake(stream: ByteStream, ws: WSConnection) -> None:
@@ -346,9 +401,28 @@ class WsTransport:
         except (TypedAttributeLookupError, OSError):
             logger.debug("%s connection gone before it was served", self.name)
             return
+        host = str(remote[0]).removeprefix(_MAPPED_PREFIX) if "." in remote[0] else str(remote[0])
+        # Cancelled when the connection table evicts this connection.
+        scope = anyio.CancelScope()
+        slot = self.connections.admit(host, scope.cancel, self.stats, name=self.name)
+        if slot is None:
+            return  # refused at the cap: the caller closes the socket now
+        try:
+            with scope:
+                await self._accept_admitted(raw, host, int(remote[1]), slot)
+        finally:
+            # Socket closed before the slot goes, so the table never counts
+            # fewer descriptors than are held.
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(raw)
+            slot.release()
+
+    async def _accept_admitted(
+        self, raw: SocketStream, host: str, port: int, slot: ConnectionSlot
+    ) -> None:
         ws: WSConnection | None = None
         stream: ByteStream = raw
-        with anyio.move_on_after(self.handshake_timeout):
+        with anyio.move_on_after(self.handshake_timeout) as handshake:
             try:
                 if self.secure:
                     assert self.ssl_context is not None
@@ -360,14 +434,16 @@ class WsTransport:
                     )
                 ws = await self._server_handshake(stream)
             except (*_GONE, anyio.EndOfStream, ssl.SSLError) as exc:
-                logger.debug("%s handshake from %s failed: %r", self.name, remote, exc)
+                logger.debug("%s handshake from %s failed: %r", self.name, host, exc)
+        if handshake.cancelled_caught:
+            self.stats.deadline_closes += 1
+            logger.debug("%s handshake from %s not done in time", self.name, host)
         if ws is None:
             with anyio.CancelScope(shield=True):
                 await anyio.aclose_forcefully(stream)
             return
-        host = str(remote[0]).removeprefix(_MAPPED_PREFIX) if "." in remote[0] else str(remote[0])
-        peer = Peer(self.name, host, int(remote[1]), next_connection_id())
-        conn = _Connection(stream, ws, peer)
+        peer = Peer(self.name, host, port, next_connection_id())
+        conn = _Connection(stream, ws, peer, slot)
         self._register(conn)
         await self._run(conn)
 
@@ -433,19 +509,25 @@ class WsTransport:
             with conn.scope:
                 await self._read_loop(conn)
         finally:
-            self._unregister(conn)
-            await conn.close(CloseReason.GOING_AWAY)
-            handler = self._handler
-            if handler is not None:
-                try:
-                    handler.connection_lost(conn.peer)
-                except Exception:
-                    logger.exception("connection_lost handler failed for %s", conn.peer)
+            try:
+                self._unregister(conn)
+                await conn.close(CloseReason.GOING_AWAY)
+                handler = self._handler
+                if handler is not None:
+                    try:
+                        handler.connection_lost(conn.peer)
+                    except Exception:
+                        logger.exception("connection_lost handler failed for %s", conn.peer)
+            finally:
+                # Once the socket is closed, so the table counts descriptors held.
+                conn.slot.release()
 
     async def _read_loop(self, conn: _Connection) -> None:
         parts: list[bytes] = []
         size = 0
+        slot = conn.slot
         while True:
+            completed = keepalive = False
             # Events first: the handshake may have left frames queued in ``ws``.
             for event in conn.ws.events():
                 if isinstance(event, TextMessage | BytesMessage):
@@ -468,44 +550,77 @@ class WsTransport:
                         message = b"".join(parts)
                         parts.clear()
                         size = 0
-                        self._deliver(message, conn.peer)
+                        if message.strip():
+                            completed = True
+                            self._deliver(message, conn.peer)
+                        else:
+                            keepalive = True  # a CRLF keep-alive, nothing for the stack
                 elif isinstance(event, Ping):
+                    keepalive = True
                     try:
                         await conn.send_event(event.response())
                     except OSError:
                         return
+                elif isinstance(event, Pong):
+                    keepalive = True
                 elif isinstance(event, CloseConnection):
                     # Answer the peer's Close (or report the protocol error it made).
                     await conn.close(event.code, event.reason)
                     return
+            if completed or keepalive:
+                now = anyio.current_time()
+                conn.last_activity = now
+                # Bytes of a frame wsproto still buffers are not visible here:
+                # the next message's clock starts at the next read instead.
+                busy = bool(parts)
+                conn.partial_since = now if busy else None
+                if completed:
+                    slot.message_done(busy=busy)
+                else:
+                    slot.keepalive(busy=busy)
             data = await self._receive(conn)
             if data is None:
                 return
+            if conn.partial_since is None:
+                conn.partial_since = anyio.current_time()
+                slot.message_started()
             conn.ws.receive_data(data)
 
     async def _receive(self, conn: _Connection) -> bytes | None:
-        """The next bytes from the socket, or ``None`` when the connection is over."""
+        """The next bytes from the socket, or ``None`` when the connection is over.
+
+        Only whole messages, pings and our writes refresh the idle clock, and a
+        partial message must complete ``message_deadline`` after its first
+        byte, so trickling bytes holds a connection no longer than that.
+        """
         while True:
-            timeout = None
+            deadline = math.inf
             if self.idle_timeout is not None:
-                timeout = conn.last_activity + self.idle_timeout - anyio.current_time()
-            with anyio.move_on_after(timeout):
+                deadline = conn.last_activity + self.idle_timeout
+            if conn.partial_since is not None:
+                deadline = min(deadline, conn.partial_since + self.message_deadline)
+            with anyio.CancelScope(deadline=deadline):
                 try:
-                    data = await conn.stream.receive(_READ_SIZE)
+                    return await conn.stream.receive(_READ_SIZE)
                 except (anyio.EndOfStream, *_GONE):
                     return None
-                conn.last_activity = anyio.current_time()
-                return data
-            # Timed out; a send may have refreshed the activity clock meanwhile.
-            assert self.idle_timeout is not None
-            if anyio.current_time() - conn.last_activity >= self.idle_timeout:
+            now = anyio.current_time()
+            if conn.partial_since is not None and now >= conn.partial_since + self.message_deadline:
+                self.stats.deadline_closes += 1
+                logger.info(
+                    "closing %s: WebSocket message incomplete after %gs",
+                    conn.peer.address,
+                    self.message_deadline,
+                )
+                await conn.close(CloseReason.POLICY_VIOLATION, "message deadline")
+                return None
+            # Otherwise idle, unless a send refreshed the activity clock meanwhile.
+            if self.idle_timeout is not None and now - conn.last_activity >= self.idle_timeout:
                 logger.info("closing idle WebSocket connection %s", conn.peer)
                 await conn.close(CloseReason.NORMAL_CLOSURE, "idle")
                 return None
 
     def _deliver(self, message: bytes, peer: Peer) -> None:
-        if not message.strip():
-            return  # a keep-alive (CRLF) message, nothing for the stack
         assert self._handler is not None
         try:
             self._handler.message_received(message, peer)
