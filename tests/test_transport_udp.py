@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 
 import anyio
+import anyio.to_thread
 import pytest
 
+from sdpbx.stack import SipStack
 from sdpbx.transport.base import Peer
 from sdpbx.transport.udp import UdpTransport
 
@@ -187,3 +190,58 @@ async def test_bind_conflict_raises() -> None:
         with pytest.raises(OSError, match="in use"):
             await tg.start(UdpTransport("127.0.0.1", first.local_port).serve, Collector())
         tg.cancel_scope.cancel()
+
+
+class FaultyStack(SipStack):
+    """A stack whose inbound boundary itself fails, while ``faulty`` is set."""
+
+    faulty = True
+    raised = 0
+
+    def message_received(self, data: bytes, peer: Peer) -> None:
+        if self.faulty:
+            self.raised += 1
+            raise RuntimeError("the stack's boundary failed")
+        super().message_received(data, peer)
+
+
+async def test_flood_of_failing_datagrams_is_counted_not_logged_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every datagram used to log an ERROR traceback: 10,000 of them under a flood."""
+    transport = UdpTransport("127.0.0.1", 0)
+    stack = FaultyStack([transport])
+    flood, batch = 10_000, 250
+    datagram = b"OPTIONS sip:pbx@127.0.0.1 SIP/2.0\r\nVia: garbage\r\n\r\n"
+    caplog.set_level(logging.DEBUG, logger="sdpbx.transport.udp")
+    async with anyio.create_task_group() as tg:
+        await tg.start(stack.serve)
+        address = ("127.0.0.1", transport.local_port)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            # Batches no larger than the receive buffer, so none is dropped
+            # and the count below is exact.
+            for sent in range(batch, flood + 1, batch):
+                for _ in range(batch):
+                    sender.sendto(datagram, address)
+                with anyio.fail_after(10):
+                    while transport.stats.datagram_errors < sent:
+                        await anyio.sleep(0.001)
+            assert stack.raised == flood
+            assert transport.stats.datagram_errors == flood
+            stack.faulty = False
+            sender.settimeout(10)
+            sender.sendto(
+                b"OPTIONS sip:pbx@127.0.0.1 SIP/2.0\r\n"
+                b"Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK-after-flood\r\n"
+                b"Max-Forwards: 70\r\nFrom: <sip:a@127.0.0.1>;tag=a\r\n"
+                b"To: <sip:pbx@127.0.0.1>\r\nCall-ID: after-flood@127.0.0.1\r\n"
+                b"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+                address,
+            )
+            with anyio.fail_after(10):
+                answer = await anyio.to_thread.run_sync(sender.recv, 65535)
+        tg.cancel_scope.cancel()
+    assert answer.startswith(b"SIP/2.0 200 ")
+    logged = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert 1 <= len(logged) <= 2, [r.getMessage() for r in logged]
+    assert sum(r.exc_info is not None for r in logged) == 1

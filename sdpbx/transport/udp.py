@@ -6,6 +6,11 @@ burst long before the kernel would. Here the kernel's receive buffer (made
 large with ``SO_RCVBUF``) is the only queue: the serve loop waits until the
 socket is readable, then drains it with ``recvfrom`` and hands every datagram
 to the synchronous handler, with no task, future or copy per datagram.
+
+One datagram's failure stays its own: whatever handling it raises is counted
+in :attr:`UdpTransport.stats` and logged at a bounded rate (a flood of
+datagrams that trip a bug must not become a flood of tracebacks), and the
+receive loop carries on with the next one.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import sys
 import anyio
 from anyio.abc import TaskStatus
 
+from ._guard import LogLimiter
 from .base import Peer, TransportHandler, TransportName
 
 __all__ = ["UdpTransport"]
@@ -35,7 +41,6 @@ _BATCH = 256
 _MAPPED_PREFIX = "::ffff:"
 
 
-@functools.lru_cache(maxsize=4096)
 @functools.lru_cache(maxsize=4096)
 def _is_ip_literal(host: str) -> bool:
     for family in (socket.AF_INET, socket.AF_INET6):
@@ -78,6 +83,27 @@ def _set_buffer(sock: socket.socket, option: int, force: int | None, size: int) 
         )
 
 
+class UdpStats:
+    """Counters of one UDP transport (read by metrics and tests)."""
+
+    __slots__ = ("datagram_errors", "receive_errors")
+
+    def __init__(self) -> None:
+        # Datagrams whose handling raised (the handler's own boundary failed).
+        self.datagram_errors = 0
+        # recvfrom() errors other than "nothing to read" (e.g. ICMP reports).
+        self.receive_errors = 0
+
+
+def _log_failure(log: LogLimiter, data: bytes, addr: object, exc: Exception) -> None:
+    """Log a failed datagram by its first line (already known, nothing re-parsed)."""
+    try:
+        first = data[: data.find(b"\r\n")] if b"\r\n" in data[:200] else data[:80]
+        log.warning("UDP handler failed on %r from %s: %r", first, addr, exc, exc=exc)
+    except Exception:  # logging itself failed: the counter still has it
+        logger.debug("UDP failure not logged", exc_info=True)
+
+
 class UdpTransport:
     """A UDP listener on one address that also sends from it.
 
@@ -106,6 +132,8 @@ class UdpTransport:
         self._v6 = ":" in host
         self._bound: tuple[str, int] = (host, port)
         self._send_lock = anyio.Lock()
+        self.stats = UdpStats()
+        self._log = LogLimiter(logger)
 
     @property
     def local_host(self) -> str:
@@ -152,6 +180,8 @@ class UdpTransport:
         recvfrom = sock.recvfrom
         message_received = handler.message_received
         bound = self._bound
+        stats = self.stats
+        log = self._log
 
         def drain() -> None:
             if self._sock is not sock:
@@ -163,15 +193,17 @@ class UdpTransport:
                     return
                 except OSError as exc:
                     # e.g. ECONNREFUSED reported by an ICMP error; the socket lives on.
+                    stats.receive_errors += 1
                     logger.debug("UDP receive error on %s: %s", bound, exc)
                     continue
-                host: str = addr[0]
-                if host.startswith(_MAPPED_PREFIX):
-                    host = host[7:]
                 try:
+                    host: str = addr[0]
+                    if host.startswith(_MAPPED_PREFIX):
+                        host = host[7:]
                     message_received(data, Peer("UDP", host, addr[1]))
-                except Exception:
-                    logger.exception("UDP handler failed on a datagram from %s", addr)
+                except Exception as exc:
+                    stats.datagram_errors += 1
+                    _log_failure(log, data, addr, exc)
             # A full batch: more may be queued. Come back after other callbacks
             # had their turn, without relying on the loop re-reporting a socket
             # that stayed readable (libuv, under uvloop, may not).
