@@ -11,6 +11,7 @@ The steps of §10.3, as implemented:
 1. The To URI must be ``sip:``/``sips:`` (else 400, RFC 4475 unksm2) and, when
    ``realms`` is set, its host one of them (else 403). The Request-URI is not
    checked: phones often register to the server's IP with a To of the domain.
+   Every Contact must parse (else 400, RFC 4475 regbadct), before the realm check.
 2. Authentication: 401 challenge, 403, silence or 503 as the authenticator decides.
 3. Contacts: ``*`` only alone and with ``Expires: 0`` (else 400). A Contact's
    ``expires`` parameter wins over the Expires header, which wins over
@@ -217,6 +218,10 @@ class Registrar:
         to_uri = request.to.uri
         if not isinstance(to_uri, SipUri):
             raise _Refused(400, "To must be a SIP or SIPS URI")
+        # Syntax before policy: a Contact that does not parse is a 400 (RFC 4475
+        # regbadct), not a 403 or a challenge the phone answers in vain.
+        if not request.contact_is_star:
+            _ = request.contacts
         if self.realms and to_uri.host.lower() not in self.realms:
             raise _Refused(403, "Domain not served here")
         aor = to_uri.aor

@@ -1,7 +1,7 @@
 """Every RFC 4475 and RFC 5118 torture message, with the outcome the RFC asks for.
 
-The expected outcomes below are taken from the RFCs' text (see
-``shared/sip-torture/README.md``), not from what our parser happens to do:
+The expected outcomes (``helpers/torture.py``) are taken from the RFCs' text
+(see ``tests/data/sip-torture/README.md``), not from what our parser does:
 
 - ``VALID``: parse, ``validate()`` cleanly, and survive a serialise/parse
   round trip unchanged.
@@ -17,117 +17,12 @@ we chose and why.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from helpers.torture import RFC4475, RFC5118, load
 
 from sdpbx.sip import Request, Response, SipParseError, SipUri, parse_message
-
-VALID = "valid"
-WELL_FORMED = "well-formed"
-
-
-def REJECT(status: int = 400) -> tuple[str, int]:
-    return ("reject", status)
-
-
-RFC4475: dict[str, object] = {
-    # 3.1.1 valid messages
-    "wsinv": VALID,
-    "intmeth": VALID,
-    "esc01": VALID,
-    "escnull": VALID,
-    "esc02": VALID,
-    "lwsdisp": VALID,
-    "longreq": VALID,
-    "dblreq": VALID,
-    "semiuri": VALID,
-    "transports": VALID,
-    "mpart01": VALID,
-    "unreason": VALID,
-    "noreason": VALID,
-    # 3.1.2 invalid messages
-    "badinv01": REJECT(400),  # empty Via / Contact elements
-    "clerr": REJECT(400),  # Content-Length beyond the datagram
-    "ncl": REJECT(400),  # negative Content-Length
-    "scalar02": REJECT(400),  # CSeq above 2**31-1
-    "scalarlg": REJECT(400),  # response: discarded (the stack drops responses)
-    "quotbal": REJECT(400),  # unterminated quoted display name
-    "ltgtruri": REJECT(400),  # <> around the Request-URI
-    "lwsruri": REJECT(400),  # LWS inside the Request-URI
-    # lwsstart / trws: "may reject or ignore the extra SP"; we tolerate it and
-    # never send it on (we re-serialise the start line with single spaces).
-    "lwsstart": VALID,
-    "trws": VALID,
-    # escruri: "400 acceptable, or ignore the escaped headers"; the parser
-    # keeps them as URI headers and a proxy never turns them into headers.
-    "escruri": VALID,
-    # baddate: "should not reject unless Date matters"; we don't read Date.
-    "baddate": VALID,
-    "regbadct": REJECT(400),  # addr-spec with ? must be in <>
-    "badaspec": REJECT(400),  # spaces inside <addr-spec>
-    "baddn": REJECT(400),  # non-token display name unquoted
-    "badvers": REJECT(505),
-    "mismatch01": REJECT(400),
-    "mismatch02": REJECT(400),  # 501 preferred for unknown methods, 400 acceptable
-    "bigcode": REJECT(400),  # response: dropped, never wrapped to a valid code
-    # 3.2 transaction layer: parses; the transaction layer falls back to RFC 2543 matching.
-    "badbranch": VALID,
-    # 3.3 application layer
-    "insuf": REJECT(400),  # no Call-ID / From / To
-    "unkscm": WELL_FORMED,  # 416 from the application
-    "novelsc": WELL_FORMED,  # 416 from the application
-    "unksm2": WELL_FORMED,  # a registrar answers 400 (To must be SIP)
-    "bext01": WELL_FORMED,  # 420 Bad Extension
-    "invut": WELL_FORMED,  # 415 from a UAS
-    "regaut01": WELL_FORMED,  # unknown auth scheme: re-challenge
-    "multi01": REJECT(400),  # several values in single-value headers
-    "mcl01": REJECT(400),  # conflicting Content-Length
-    "bcast": WELL_FORMED,  # never forward to 255.255.255.255 (policy)
-    "zeromf": WELL_FORMED,  # 483 from a proxy, 200 from an endpoint
-    "cparam01": WELL_FORMED,
-    "cparam02": WELL_FORMED,
-    "regescrt": WELL_FORMED,
-    "sdp01": WELL_FORMED,  # 406 from a UAS
-    # 3.4 backward compatibility
-    "inv2543": VALID,
-}
-
-RFC5118: dict[str, object] = {
-    "ipv6-good": VALID,
-    "ipv6-bad": REJECT(400),
-    "port-ambiguous": VALID,
-    "port-unambiguous": VALID,
-    "via-received-param-with-delim": VALID,
-    "via-received-param-no-delim": VALID,
-    "ipv6-in-sdp": VALID,
-    "mult-ip-in-header": VALID,
-    "mult-ip-in-sdp": VALID,
-    "ipv4-mapped-ipv6": VALID,
-    "ipv6-bug-abnf-3-colons": VALID,
-    "ipv6-correct-abnf-2-colons": VALID,
-}
-
-
-def _send_torture(shared: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "send_torture", shared / "sip-tools" / "send_torture.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _load(shared: Path, corpus: str, name: str) -> bytes:
-    data = (shared / "sip-torture" / corpus / f"{name}.dat").read_bytes()
-    if corpus == "rfc5118":
-        # Archived with LF line ends and two broken lengths: turn into wire form.
-        data = _send_torture(shared).wire(data)
-    assert isinstance(data, bytes)
-    return data
 
 
 def _check(data: bytes, expected: object) -> None:
@@ -157,72 +52,72 @@ def test_tables_cover_the_corpus(shared_dir: Path) -> None:
 
 @pytest.mark.parametrize(("name", "expected"), sorted(RFC4475.items()))
 def test_rfc4475(shared_dir: Path, name: str, expected: object) -> None:
-    _check(_load(shared_dir, "rfc4475", name), expected)
+    _check(load(shared_dir, "rfc4475", name), expected)
 
 
 @pytest.mark.parametrize(("name", "expected"), sorted(RFC5118.items()))
 def test_rfc5118(shared_dir: Path, name: str, expected: object) -> None:
-    _check(_load(shared_dir, "rfc5118", name), expected)
+    _check(load(shared_dir, "rfc5118", name), expected)
 
 
 # The details the RFC singles out for some messages.
 
 
 def test_esc01_user_unescapes(shared_dir: Path) -> None:
-    msg = parse_message(_load(shared_dir, "rfc4475", "esc01"))
+    msg = parse_message(load(shared_dir, "rfc4475", "esc01"))
     assert isinstance(msg, Request) and isinstance(msg.uri, SipUri)
     assert msg.uri.user_unescaped == "sips:user@example.com"
 
 
 def test_escnull_keeps_nul(shared_dir: Path) -> None:
-    msg = parse_message(_load(shared_dir, "rfc4475", "escnull"))
+    msg = parse_message(load(shared_dir, "rfc4475", "escnull"))
     uri = msg.to.uri
     assert isinstance(uri, SipUri) and uri.user_unescaped == "null-\x00-null"
 
 
 def test_esc02_method_is_not_register(shared_dir: Path) -> None:
-    msg = parse_message(_load(shared_dir, "rfc4475", "esc02"))
+    msg = parse_message(load(shared_dir, "rfc4475", "esc02"))
     assert isinstance(msg, Request)
     assert msg.method == "RE%47IST%45R"
     assert len(msg.contacts) == 2
 
 
 def test_dblreq_ignores_trailing_octets(shared_dir: Path) -> None:
-    msg = parse_message(_load(shared_dir, "rfc4475", "dblreq"))
+    msg = parse_message(load(shared_dir, "rfc4475", "dblreq"))
     assert isinstance(msg, Request) and msg.method == "REGISTER" and msg.body == b""
 
 
 def test_semiuri_user_part(shared_dir: Path) -> None:
-    msg = parse_message(_load(shared_dir, "rfc4475", "semiuri"))
+    msg = parse_message(load(shared_dir, "rfc4475", "semiuri"))
     assert isinstance(msg, Request) and isinstance(msg.uri, SipUri)
     assert msg.uri.user == "user;par=u%40example.net"
     assert msg.uri.params == ()
 
 
 def test_transports_vias(shared_dir: Path) -> None:
-    msg = parse_message(_load(shared_dir, "rfc4475", "transports"))
+    msg = parse_message(load(shared_dir, "rfc4475", "transports"))
     assert [v.transport for v in msg.via] == ["UDP", "SCTP", "TLS", "UNKNOWN", "TCP"]
 
 
 def test_mpart01_binary_body(shared_dir: Path) -> None:
-    msg = parse_message(_load(shared_dir, "rfc4475", "mpart01"))
+    msg = parse_message(load(shared_dir, "rfc4475", "mpart01"))
     assert len(msg.body) == int(msg.headers.get("content-length") or 0)
 
 
 def test_noreason(shared_dir: Path) -> None:
-    msg = parse_message(_load(shared_dir, "rfc4475", "noreason"))
+    msg = parse_message(load(shared_dir, "rfc4475", "noreason"))
     assert isinstance(msg, Response) and msg.status == 100 and msg.reason == ""
 
 
 def test_inv2543_body_is_rest_of_datagram(shared_dir: Path) -> None:
-    data = _load(shared_dir, "rfc4475", "inv2543")
+    data = load(shared_dir, "rfc4475", "inv2543")
     msg = parse_message(data)
     assert msg.body and data.endswith(msg.body)
     assert msg.top_via.branch is None
 
 
 def test_wsinv_folded_headers(shared_dir: Path) -> None:
-    msg = parse_message(_load(shared_dir, "rfc4475", "wsinv"))
+    msg = parse_message(load(shared_dir, "rfc4475", "wsinv"))
     assert msg.max_forwards == 68
     assert msg.cseq.number == 9 and msg.cseq.method == "INVITE"
     assert msg.to.tag == "1918181833n"
@@ -234,22 +129,22 @@ def test_wsinv_folded_headers(shared_dir: Path) -> None:
 
 
 def test_ipv6_ports(shared_dir: Path) -> None:
-    amb = parse_message(_load(shared_dir, "rfc5118", "port-ambiguous"))
+    amb = parse_message(load(shared_dir, "rfc5118", "port-ambiguous"))
     assert isinstance(amb, Request) and isinstance(amb.uri, SipUri)
     assert (amb.uri.host, amb.uri.port) == ("2001:db8::10:5070", None)
-    unamb = parse_message(_load(shared_dir, "rfc5118", "port-unambiguous"))
+    unamb = parse_message(load(shared_dir, "rfc5118", "port-unambiguous"))
     assert isinstance(unamb, Request) and isinstance(unamb.uri, SipUri)
     assert (unamb.uri.host, unamb.uri.port) == ("2001:db8::10", 5070)
 
 
 def test_ipv6_received(shared_dir: Path) -> None:
     for name in ("via-received-param-with-delim", "via-received-param-no-delim"):
-        msg = parse_message(_load(shared_dir, "rfc5118", name))
+        msg = parse_message(load(shared_dir, "rfc5118", name))
         assert msg.top_via.received == "2001:db8::9:255"
         assert msg.top_via.branch is not None and msg.top_via.branch.startswith("z9hG4bKas3")
 
 
 def test_three_colons_tolerated(shared_dir: Path) -> None:
-    msg = parse_message(_load(shared_dir, "rfc5118", "ipv6-bug-abnf-3-colons"))
+    msg = parse_message(load(shared_dir, "rfc5118", "ipv6-bug-abnf-3-colons"))
     assert isinstance(msg, Request) and isinstance(msg.uri, SipUri)
     assert msg.uri.host == "2001:db8::192.0.2.1"
