@@ -95,6 +95,7 @@ class Report:
 
     @property
     def crashed(self) -> bool:
+        """Whether the process died."""
         return any(f.kind == "crash" for f in self.findings)
 
     def summary(self) -> str:
@@ -116,8 +117,13 @@ class Report:
         for text, count in self.warnings.most_common(10):
             lines.append(f"    {count:>7} x {text}")
         lines.append(f"  findings: {len(self.findings)}")
-        for f in self.findings[:20]:
-            lines.append(f"    [{f.kind}] at message {f.index}: {f.detail.splitlines()[0][:200]}")
+        kinds = collections.Counter(
+            (f.kind, re.sub(r" \(N similar suppressed\)", "", _pattern(f.detail)))
+            for f in self.findings
+        )
+        for (kind, text), count in kinds.most_common():
+            first = next(f.index for f in self.findings if f.kind == kind)
+            lines.append(f"    {count:>5} x [{kind}] (first at message {first}) {text}")
         return "\n".join(lines)
 
 
@@ -347,7 +353,8 @@ class FuzzRun:
     def _finding(self, kind: str, index: int, detail: str) -> None:
         finding = Finding(kind, index, detail, list(self.window))
         self.report.findings.append(finding)
-        if self.config.findings_dir is not None:
+        # The first 20 are saved; a defect that recurs all run long is counted only.
+        if self.config.findings_dir is not None and len(self.report.findings) <= 20:
             save_finding(self.config.findings_dir, len(self.report.findings), finding)
 
     def _check(self, index: int) -> bool:
