@@ -174,3 +174,23 @@ def test_invite_client_keeps_only_the_ack_in_completed() -> None:
     # The final again: the stored ACK again, byte for byte (Timer D absorbs it).
     layer.receive_response(busy, now=0.2)
     assert layer.datagrams_to_send() == ack and ack[0][0].startswith(b"ACK ")
+
+
+def test_a_released_final_is_read_back_from_the_bytes_sent() -> None:
+    layer = TransactionLayer()
+    txn, _ = start_server(layer, wire("INVITE", "z9hG4bKrel7"))
+    busy = make_response(txn.request, 486, to_tag="tt1")
+    layer.respond(txn, busy, now=0.0)
+    again = txn.last_response
+    assert again is not None and again is not busy  # rebuilt: only the bytes were kept
+    assert (again.status, again.to.tag, bytes(again)) == (486, "tt1", bytes(busy))
+
+
+def test_a_final_the_parser_refuses_still_reads_back_its_status() -> None:
+    layer = TransactionLayer()
+    txn, _ = start_server(layer, wire("OPTIONS", "z9hG4bKrel8"))
+    odd = make_response(txn.request, 404, to_tag="tt1", headers=[("Bad Name", "x")])
+    layer.respond(txn, odd, now=0.0)
+    again = txn.last_response
+    assert again is not None and (again.status, again.reason) == (404, "Not Found")
+    assert bytes(again) == bytes(odd)

@@ -18,15 +18,16 @@ from ._txn_core import (
     TransactionTimeout,
     _Entry,
 )
-from .errors import LocalProtocolError
+from .errors import LocalProtocolError, SipParseError
+from .headers import Headers
 from .ids import BRANCH_COOKIE
-from .message import Request, Response, make_response
+from .message import Request, Response, make_response, parse_message
 
 
 class ServerTransaction(Transaction):
     """A request we received, and the responses the TU gives it (§17.2)."""
 
-    __slots__ = ("_ack_keys", "_t_100", "_unacked", "response_destination", "source")
+    __slots__ = ("_ack_keys", "_t_100", "_unacked", "_wire", "response_destination", "source")
 
     def __init__(
         self,
@@ -45,6 +46,31 @@ class ServerTransaction(Transaction):
         self._ack_keys: list[tuple[Any, ...]] = []
         #: ACCEPTED: the 2xx still waiting for their ACK, by To tag.
         self._unacked: dict[str | None, Response] = {}
+        #: Released (see :func:`_release`): the final response as sent, all that is kept of it.
+        self._wire: bytes | None = None
+
+    def _last_bytes(self) -> bytes:
+        wire = self._wire
+        if wire is not None:
+            return wire
+        last = self._last
+        assert last is not None
+        return bytes(last)
+
+    def _reread(self) -> Response | None:
+        """Read the final back from the bytes sent: only a TU asking late pays for it."""
+        wire = self._wire
+        if wire is None:
+            return None
+        try:
+            message = parse_message(wire)
+        except SipParseError:
+            message = None  # a TU's header the parser refuses: the status is still true
+        if not isinstance(message, Response):
+            status = int(wire[8:11])
+            reason = wire[12:].split(b"\r\n", 1)[0].decode(errors="replace")
+            return Response(status, reason, Headers(()), raw=wire)
+        return message
 
     def _forget(self, core: LayerCore) -> None:
         core._disarm(self._t_100)
@@ -70,9 +96,7 @@ class ServerTransaction(Transaction):
             self.last_response = trying
             core._out.append((bytes(trying), self.response_destination))
         elif name == "G":
-            last = self.last_response
-            assert last is not None
-            core._out.append((bytes(last), self.response_destination))
+            core._out.append((self._last_bytes(), self.response_destination))
             self._interval = min(2 * self._interval, timers.t2)
             self._t_retx = core._arm(self, "G", now + self._interval)
         elif name == "2xx":
@@ -146,10 +170,8 @@ class ServerSide(LayerCore):
         if method == "ACK":
             return self._receive_ack(txn, request, now)
         if txn is not None:
-            state = txn.state
-            last = txn.last_response
-            if last is not None and state is not CONFIRMED:
-                self._out.append((bytes(last), txn.response_destination))
+            if txn.state is not CONFIRMED and (txn._last is not None or txn._wire is not None):
+                self._out.append((txn._last_bytes(), txn.response_destination))
             return _ABSORBED
         txn = ServerTransaction(self, key, request, reliable, source, response_destination)
         self._server[key] = txn
@@ -351,5 +373,9 @@ def _release(txn: ServerTransaction) -> None:
     The TU's context (the stack's IncomingRequest, the handler's state) goes too: nothing
     the TU holds is needed to absorb a copy of the request.
     """
+    last = txn._last
+    if last is not None:
+        txn._wire = bytes(last)
+        txn._last = None
     txn._request = None
     txn.context = None

@@ -105,6 +105,7 @@ class Transaction:
 
     __slots__ = (
         "_interval",
+        "_last",
         "_layer",
         "_request",
         "_t_end",
@@ -112,7 +113,6 @@ class Transaction:
         "context",
         "is_invite",
         "key",
-        "last_response",
         "method",
         "reliable",
         "state",
@@ -128,7 +128,7 @@ class Transaction:
         self.is_invite = request.method == "INVITE"
         self.reliable = reliable
         self.state = TERMINATED
-        self.last_response: Response | None = None
+        self._last: Response | None = None
         #: Free for the TU: its call, leg or proxy context.
         self.context: object | None = None
         self._t_retx: _Entry | None = None
@@ -151,6 +151,20 @@ class Transaction:
         if request is None:
             raise LocalProtocolError(f"{self!r} no longer holds its request")
         return request
+
+    @property
+    def last_response(self) -> Response | None:
+        """The last response sent (server) or received (client), None before the first."""
+        last = self._last
+        return last if last is not None else self._reread()
+
+    @last_response.setter
+    def last_response(self, response: Response | None) -> None:
+        self._last = response
+
+    def _reread(self) -> Response | None:
+        """The last response of a released transaction, which kept only its bytes."""
+        return None
 
     def _forget(self, core: LayerCore) -> None:
         """Drop every index entry and timer of this transaction (it is terminating)."""
