@@ -26,33 +26,29 @@ What the stack does on its own, as RFC 3261's "UAS core" and transport layer:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Protocol
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from attrs import define
 
+from ._stack_errors import error_response, first_line, safe_first_line
+from ._stack_timer import StackTimer, TimerClient
 from .errors import TransactionClosed, TransactionTimedOut
 from .exchanges import ClientRequest, IncomingRequest
 from .sip import (
-    Headers,
     Request,
     Response,
     SipParseError,
     SipUri,
     TelUri,
     new_branch,
-    new_tag,
     parse_message,
     split_commas,
 )
-from .sip.headers import canonical_key
 from .sip.transaction import (
     AckForInvite,
     ClientTransaction,
@@ -62,6 +58,7 @@ from .sip.transaction import (
     StrayAck,
     TimerConfig,
     TransactionLayer,
+    TransactionState,
     TransactionTerminated,
     TransactionTimeout,
 )
@@ -81,16 +78,11 @@ __all__ = [
 
 log = logging.getLogger("sdpbx.stack")
 
+_COMPLETED = TransactionState.COMPLETED
+_CONFIRMED = TransactionState.CONFIRMED
+
 #: What we implement (in-dialog INFO/UPDATE/MESSAGE are relayed); no PRACK: RFC 3262 is not.
 ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, MESSAGE"
-
-
-class TimerClient(Protocol):
-    """Anything with sans-IO timers that shares the stack's timer task."""
-
-    def next_deadline(self) -> float | None: ...
-
-    def handle_timer(self, now: float) -> None: ...
 
 
 @define
@@ -175,12 +167,7 @@ class SipStack:
         self._idle = 0
         self._queued = 0
         self._tg: TaskGroup | None = None
-        self._timer_clients: list[tuple[TimerClient, Callable[[], float]]] = []
-        self._armed = -math.inf  # the timer task is not waiting yet
-        self._wake = anyio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._handle: asyncio.Handle | None = None
-        self._handle_when = math.inf
+        self.timer = StackTimer(self.layer, clock, self.stats, self._flush)
         self._by_name: dict[str, list[Transport]] = {}
         for transport in self.transports:
             self._by_name.setdefault(transport.name, []).append(transport)
@@ -192,23 +179,12 @@ class SipStack:
             self._tg = tg
             for transport in self.transports:
                 await tg.start(transport.serve, self)
-            loop = _asyncio_loop()
-            if loop is not None and self.clock is time.monotonic:
-                # On asyncio, one loop.call_at() handle re-armed in place costs
-                # a couple of microseconds; a timer task would build an Event
-                # and a cancel scope for every re-arm (several per call).
-                self._loop = loop
-            else:
-                tg.start_soon(self._timer_loop)
+            tg.start_soon(self.timer.run)
             task_status.started()
             try:
                 await anyio.sleep_forever()
             finally:
                 self._tg = None
-                if self._handle is not None:
-                    self._handle.cancel()
-                    self._handle = None
-                self._loop = None
                 tg.cancel_scope.cancel()
                 self._work_send.close()
                 self._work_receive.close()
@@ -222,8 +198,7 @@ class SipStack:
         ``clock`` is the time base the client's deadlines are in (wall clock
         for bindings that survive restarts, monotonic for transactions).
         """
-        self._timer_clients.append((client, clock))
-        self._rearm()
+        self.timer.add_client(client, clock)
 
     def transport_for(self, peer: Peer) -> Transport:
         """The transport that sends to ``peer`` (same protocol and address family)."""
@@ -335,12 +310,12 @@ class SipStack:
                 self._answer_malformed(data, peer, exc.status, exc.reason)
             except Exception:
                 self.stats.internal_errors += 1
-                log.exception("error handling %r from %s", _first_line(data), peer.address)
+                log.exception("error handling %r from %s", first_line(data), peer.address)
                 self._answer_malformed(data, peer, 500, "Server Internal Error")
             self._flush()
         except Exception:  # the last resort: an error path failed too
             self.stats.internal_errors += 1
-            log.exception("unhandled error on %r from %s", _first_line(data), peer.address)
+            log.exception("unhandled error on %r from %s", first_line(data), peer.address)
 
     def connection_lost(self, peer: Peer) -> None:
         try:
@@ -389,6 +364,8 @@ class SipStack:
         if not isinstance(uri, (SipUri, TelUri)):
             incoming.respond(416)
             return
+        if request.method == "CANCEL" and self._answer_late_cancel(incoming):
+            return
         if request.method not in ("ACK", "CANCEL"):
             unsupported = [t for t in request.require if t.lower() not in self.supported]
             if unsupported:
@@ -399,6 +376,21 @@ class SipStack:
             incoming.respond(503, headers=[("Retry-After", "5")])
             return
         self._dispatch(incoming)
+
+    def _answer_late_cancel(self, incoming: IncomingRequest) -> bool:
+        """Answer 200 to a CANCEL of an INVITE that already has its final response.
+
+        RFC 3261 §9.2 and §16.10: the CANCEL changes nothing then. The INVITE's
+        transaction let go of the TU's context with its final response (it only
+        absorbs copies until Timer H or I), so the stack answers here, with the
+        To tag of that final.
+        """
+        invite = self.layer.find_invite_for_cancel(incoming.request)
+        if invite is None or (invite.state is not _COMPLETED and invite.state is not _CONFIRMED):
+            return False
+        last = invite.last_response
+        incoming.respond(200, to_tag=last.to.tag if last is not None else None)
+        return True
 
     def _dispatch(self, incoming: IncomingRequest) -> None:
         tg = self._tg
@@ -427,6 +419,8 @@ class SipStack:
                     self._idle -= 1
                 self._queued -= 1
                 await self._run_handler(incoming)
+                # An idle worker holds no request: a transaction in Timer J does not either.
+                del incoming
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             pass  # the stack is closing
         finally:
@@ -448,7 +442,7 @@ class SipStack:
                 self._flush()
             except Exception:
                 self.stats.internal_errors += 1
-                log.exception("flush failed after %r", _safe_first_line(incoming.request))
+                log.exception("flush failed after %r", safe_first_line(incoming.request))
 
     def _answer_failure(
         self, incoming: IncomingRequest, status: int, reason: str, *, error: bool
@@ -460,7 +454,7 @@ class SipStack:
         request that did not parse, and the transaction is forgotten.
         """
         try:
-            line = _safe_first_line(incoming.request)
+            line = safe_first_line(incoming.request)
             if error:
                 log.exception("handler failed on %r from %s", line, incoming.peer.address)
             else:
@@ -476,7 +470,7 @@ class SipStack:
             self.layer.forget(txn)
             destination = txn.response_destination
             assert isinstance(destination, Peer)
-            data = _error_response(bytes(incoming.request), status, reason)
+            data = error_response(bytes(incoming.request), status, reason)
             if data is not None:
                 self._send(data, destination)
         except Exception:
@@ -495,7 +489,7 @@ class SipStack:
             self.stats.malformed_responses_dropped += 1
             log.info("dropped malformed response from %s: %s", peer.address, reason)
             return
-        response = _error_response(data, status, reason)
+        response = error_response(data, status, reason)
         if response is None:
             log.info("dropped unanswerable request from %s: %s", peer.address, reason)
             return
@@ -513,9 +507,16 @@ class SipStack:
             self._send(data, destination)
         while (event := layer.next_event()) is not None:
             if isinstance(event, ResponseReceived):
-                client = event.transaction.context
+                client_txn = event.transaction
+                client = client_txn.context
                 if isinstance(client, ClientRequest):
                     client._deliver(event.response)
+                    if event.response.status >= 200 and client_txn.state is _COMPLETED:
+                        # Timer K or D only absorbs copies now: the stream ends after
+                        # this final, and the TU's handle (with its request) is let go.
+                        client._finish()
+                        self._clients.discard(client)
+                        client_txn.context = None
             elif isinstance(event, TransactionTimeout):
                 txn = event.transaction
                 if isinstance(txn, ClientTransaction) and isinstance(txn.context, ClientRequest):
@@ -557,90 +558,16 @@ class SipStack:
             log.exception("send to %s failed", destination.address)
 
     # -- timers -----------------------------------------------------------------
-    def _next_sleep(self) -> float:
-        delays = []
-        deadline = self.layer.next_deadline()
-        if deadline is not None:
-            delays.append(deadline - self.clock())
-        for client, clock in self._timer_clients:
-            try:
-                d = client.next_deadline()
-            except Exception:
-                self.stats.timer_errors += 1
-                log.exception("next_deadline() of %r failed", client)
-                continue
-            if d is not None:
-                delays.append(d - clock())
-        return max(min(delays), 0.0) if delays else math.inf
-
     def _rearm(self) -> None:
-        delay = self._next_sleep()
-        loop = self._loop
-        if loop is None:
-            if self.clock() + delay < self._armed - 0.001:
-                self._wake.set()
-            return
-        if math.isinf(delay):
-            return
-        when = loop.time() + delay
-        handle = self._handle
-        if handle is not None:
-            # Our own record of the deadline: uvloop's call_at() may return a
-            # plain Handle, which has no when().
-            if when >= self._handle_when - 0.001:
-                return
-            handle.cancel()
-        self._handle = loop.call_at(when, self._on_timer)
-        self._handle_when = when
-
-    def _on_timer(self) -> None:
-        """asyncio timer callback: fire what is due, send, re-arm."""
-        self._handle = None
-        self._timer_tick()
-
-    def _timer_tick(self) -> None:
-        """One pass of the timer, shared by both paths; never raises."""
-        self._run_timers()
-        try:
-            self._flush()
-        except Exception:
-            self.stats.internal_errors += 1
-            log.exception("flush after the timers failed")
+        self.timer.rearm()
 
     def _run_timers(self) -> None:
-        """Fire what is due; each client fails on its own (one bad timer stops no other)."""
-        try:
-            self.layer.handle_timer(self.clock())
-        except Exception:
-            self.stats.timer_errors += 1
-            log.exception("transaction timer handling failed")
-        for client, clock in self._timer_clients:
-            try:
-                d = client.next_deadline()
-                if d is not None and d <= clock():
-                    client.handle_timer(clock())
-            except Exception:
-                self.stats.timer_errors += 1
-                log.exception("timer client %r failed", client)
+        """Fire what is due now (tests call it after moving a FakeClock)."""
+        self.timer.run_timers()
 
-    async def _timer_loop(self) -> None:
-        while True:
-            self._wake = anyio.Event()
-            delay = self._next_sleep()
-            self._armed = self.clock() + delay
-            with anyio.move_on_after(delay):
-                await self._wake.wait()
-            # While the timers run, _rearm() must not wake us: we recompute
-            # the deadline at the top of the loop anyway.
-            self._armed = -math.inf
-            self._timer_tick()
-
-
-def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+    def _timer_tick(self) -> None:
+        """Fire what is due and send what it produced; never raises."""
+        self.timer.tick()
 
 
 def _replace_top_via(request: Request, new_top: str) -> Request:
@@ -648,53 +575,3 @@ def _replace_top_via(request: Request, new_top: str) -> Request:
     elements = split_commas(first)
     elements[0] = new_top
     return request.replace(headers=request.headers.replace_first("via", ", ".join(elements)))
-
-
-_ERROR_COPY = frozenset({"via", "from", "to", "call-id", "cseq"})
-
-
-def _first_line(data: bytes) -> str:
-    """The start line of raw bytes, for a log line (never raises)."""
-    return data.lstrip(b"\r\n")[:200].split(b"\n", 1)[0].decode("utf-8", "replace").strip()
-
-
-def _safe_first_line(request: Request) -> str:
-    try:
-        return _first_line(bytes(request))
-    except Exception:
-        return request.method
-
-
-def _error_response(data: bytes, status: int, reason: str) -> bytes | None:
-    """A best-effort response to a request we could not parse.
-
-    Copies the lines of Via, From, To, Call-ID and CSeq as they are; without
-    a Via there is nowhere RFC 3261 would let us answer, so we stay silent.
-    Built from the raw bytes only: it never re-parses what failed.
-    """
-    try:
-        return _build_error_response(data, status, reason)
-    except Exception:
-        log.exception("could not build a %d from %r", status, _first_line(data))
-        return None
-
-
-def _build_error_response(data: bytes, status: int, reason: str) -> bytes | None:
-    text = data.decode("utf-8", "replace")
-    head = text.split("\r\n\r\n", 1)[0].split("\n\n", 1)[0]
-    lines = head.replace("\r\n", "\n").split("\n")
-    copied: list[tuple[str, str]] = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if colon and canonical_key(name.strip()) in _ERROR_COPY:
-            copied.append((name.strip(), value.strip()))
-    keys = {canonical_key(n) for n, _ in copied}
-    if "via" not in keys:
-        return None
-    if "to" in keys and not any(
-        canonical_key(n) == "to" and ";tag=" in v.replace(" ", "") for n, v in copied
-    ):
-        copied = [(n, f"{v};tag={new_tag()}" if canonical_key(n) == "to" else v) for n, v in copied]
-    reason = reason.replace("\r", " ").replace("\n", " ")[:100]
-    response = Response.create(status, Headers(copied), reason=reason)
-    return bytes(response)
