@@ -27,7 +27,7 @@ from sdpbx.users import MemoryUserBackend, SipUser
 
 REALM = "pbx.example.com"
 FLOOD = 20_000
-OURS = ("*sdpbx/sip/throttle.py", "*sdpbx/sip/auth.py", "*sdpbx/authn.py")
+OURS = ("*sdpbx/sip/throttle.py", "*sdpbx/sip/nonce.py", "*sdpbx/sip/auth.py", "*sdpbx/authn.py")
 
 
 class Clock:
