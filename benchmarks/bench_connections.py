@@ -160,7 +160,8 @@ async def main(args: argparse.Namespace) -> None:
             await client.stdin.send(b"bye\n")
         still = await options_answered(port, args.transport == "ws")
         tg.cancel_scope.cancel()
-    per_conn_kb = (during[0] - before[0]) * 1024 / max(1, args.n)
+    held = min(args.n, args.max_connections)
+    per_conn_kb = (during[0] - before[0]) * 1024 / max(1, held)
     print(
         f"{args.transport.upper()} N={args.n} backend={args.backend} "
         f"(opened in {opened:.1f}s; evicted={table.evicted} refused={table.refused})"
@@ -171,7 +172,7 @@ async def main(args: argparse.Namespace) -> None:
     )
     if args.tracemalloc:
         print(f"traced MB before {before[1]:7.1f}  with {during[1]:7.1f}  after {after[1]:7.1f}")
-    print(f"RSS per connection: {per_conn_kb:.1f} KiB; OPTIONS answered after: {still}")
+    print(f"RSS per held connection: {per_conn_kb:.1f} KiB; OPTIONS answered after: {still}")
 
 
 if __name__ == "__main__":

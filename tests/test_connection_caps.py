@@ -24,6 +24,7 @@ from wsproto.events import AcceptConnection, CloseConnection, Request
 
 from sdpbx.stack import SipStack
 from sdpbx.transport import Peer, TcpTransport, WsTransport
+from sdpbx.transport._guard import TransportStats
 from sdpbx.transport.limits import ConnectionLimits, ConnectionTable, raise_open_file_limit
 
 pytestmark = pytest.mark.anyio
@@ -380,3 +381,18 @@ async def test_out_of_descriptors_an_idle_connection_gives_way(
                 sock.close()
     failures = [r for r in caplog.records if "accept failed" in r.getMessage()]
     assert len(failures) <= 1
+
+
+def test_ipv6_sources_are_counted_by_64_prefix() -> None:
+    table = ConnectionTable(ConnectionLimits(max_per_source=2))
+    stats = TransportStats()
+    closed: list[str] = []
+    for host in ("2001:db8:0:1::a", "2001:db8:0:1::b", "2001:db8:0:1:ffff::c"):
+        assert table.admit(host, lambda h=host: closed.append(h), stats, name="TCP") is not None
+    # Three hosts of one /64: the third evicted the first; another /64 is apart.
+    assert closed == ["2001:db8:0:1::a"]
+    assert table.source_count("2001:db8:0:1::1") == 2
+    assert table.admit("2001:db8:0:2::a", lambda: closed.append("other"), stats, name="TCP")
+    assert table.source_count("2001:db8:0:2::1") == 1
+    assert closed == ["2001:db8:0:1::a"]
+    assert stats.connections_evicted == 1

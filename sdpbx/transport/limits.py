@@ -40,9 +40,7 @@ __all__ = ["ConnectionLimits", "ConnectionSlot", "ConnectionTable", "raise_open_
 
 logger = logging.getLogger(__name__)
 
-# Idle candidates looked at per eviction. Connections that became busy move to
-# the back, so the front is idle unless many are mid-message at once; bounding
-# the scan keeps a flood of half-sent messages from making each accept O(n).
+# Idle candidates looked at per eviction, in each recency order.
 _SCAN = 256
 # Hand freed heap back when the count falls to half of a peak of at least
 # this many connections (peak since the last time).
@@ -98,7 +96,6 @@ class ConnectionSlot:
         "completed",
         "description",
         "released",
-        "seq",
         "source",
         "stats",
     )
@@ -120,8 +117,6 @@ class ConnectionSlot:
         self.completed = False
         self.released = False
         self.closed = False
-        # Order of last activity, for choosing within one source.
-        self.seq = table._tick()
 
     def message_started(self) -> None:
         """The first byte of a message arrived: not evictable until it completes."""
@@ -160,6 +155,51 @@ class ConnectionSlot:
             logger.debug("closing evicted %s failed: %r", self.description, exc)
 
 
+class _Orders:
+    """Slots in two recency orders, oldest activity first: those that never
+    completed a SIP message, and those that did."""
+
+    __slots__ = ("fresh", "used")
+
+    def __init__(self) -> None:
+        self.fresh: OrderedDict[ConnectionSlot, None] = OrderedDict()
+        self.used: OrderedDict[ConnectionSlot, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.fresh) + len(self.used)
+
+    def add(self, slot: ConnectionSlot) -> None:
+        self.fresh[slot] = None
+
+    def refresh(self, slot: ConnectionSlot) -> None:
+        order = self.used if slot.completed else self.fresh
+        if slot in order:
+            order.move_to_end(slot)
+
+    def promote(self, slot: ConnectionSlot) -> None:
+        if self.fresh.pop(slot, 0) is None:
+            self.used[slot] = None
+
+    def discard(self, slot: ConnectionSlot) -> None:
+        self.fresh.pop(slot, None)
+        self.used.pop(slot, None)
+
+    def first_idle(self) -> ConnectionSlot | None:
+        """The slot idle longest, preferring one that never completed a message.
+
+        Slots move to the back when they become busy, so the front is idle
+        unless many are mid-message at once; the scan is bounded so that a
+        flood of half-sent messages cannot make each admission O(n).
+        """
+        for order in (self.fresh, self.used):
+            for scanned, slot in enumerate(order):
+                if scanned >= _SCAN:
+                    break
+                if not slot.busy:
+                    return slot
+        return None
+
+
 class ConnectionTable:
     """The open stream connections of a process, across TCP, TLS and WS.
 
@@ -168,9 +208,8 @@ class ConnectionTable:
 
     def __init__(self, limits: ConnectionLimits | None = None) -> None:
         self.limits = limits or ConnectionLimits()
-        self._fresh: OrderedDict[ConnectionSlot, None] = OrderedDict()
-        self._used: OrderedDict[ConnectionSlot, None] = OrderedDict()
-        self._by_source: dict[str, dict[ConnectionSlot, None]] = {}
+        self._all = _Orders()
+        self._by_source: dict[str, _Orders] = {}
         self.evicted = 0
         self.refused = 0
         self._peak = 0
@@ -178,17 +217,16 @@ class ConnectionTable:
         self._trim_due = False
         self._closed = 0
         self._fd_victim: ConnectionSlot | None = None
-        self._seq = 0
         self._log = LogLimiter(logger)
 
     @property
     def count(self) -> int:
         """Connections holding a slot now."""
-        return len(self._fresh) + len(self._used)
+        return len(self._all)
 
     def busy_count(self) -> int:
         """Connections with part of a message buffered (not evictable now)."""
-        return sum(slot.busy for order in (self._fresh, self._used) for slot in order)
+        return sum(slot.busy for order in (self._all.fresh, self._all.used) for slot in order)
 
     def source_count(self, host: str) -> int:
         """Inbound connections from ``host``'s source (its IPv6 /64)."""
@@ -213,19 +251,21 @@ class ConnectionTable:
         peers = self._by_source.get(source) if source is not None else None
         what = f"{name} connection {'from' if inbound else 'to'} {host}"
         if peers is not None and len(peers) >= self.limits.max_per_source:
-            victim = _oldest_idle(peers)
+            victim = peers.first_idle()
             if victim is None:
                 return self._refuse(stats, what, "its source has %d busy connections", len(peers))
             self._evict(victim, what, "per-source cap")
         if self.count >= self.limits.max_connections:
-            victim = self._oldest_idle_anywhere()
+            victim = self._all.first_idle()
             if victim is None:
                 return self._refuse(stats, what, "all %d connections are busy", self.count)
             self._evict(victim, what, "total cap")
         slot = ConnectionSlot(self, source, close, stats, what)
-        self._fresh[slot] = None
+        self._all.add(slot)
         if source is not None:
-            self._by_source.setdefault(source, {})[slot] = None
+            if peers is None:
+                peers = self._by_source[source] = _Orders()
+            peers.add(slot)
         self._peak = max(self._peak, self.count)
         return slot
 
@@ -239,7 +279,7 @@ class ConnectionTable:
         pending = self._fd_victim
         if pending is not None and not pending.closed:
             return True
-        victim = self._oldest_idle_anywhere()
+        victim = self._all.first_idle()
         self._fd_victim = victim
         if victim is None:
             return False
@@ -247,9 +287,6 @@ class ConnectionTable:
         return True
 
     # -- bookkeeping -----------------------------------------------------------
-
-    def _oldest_idle_anywhere(self) -> ConnectionSlot | None:
-        return _first_idle(self._fresh) or _first_idle(self._used)
 
     def _evict(self, victim: ConnectionSlot, newcomer: str, reason: str) -> None:
         self.evicted += 1
@@ -270,29 +307,23 @@ class ConnectionTable:
         self._log.warning("connection limit: refusing %s, " + why, what, *args)
         return None
 
-    def _tick(self) -> int:
-        self._seq += 1
-        return self._seq
-
     def _refresh(self, slot: ConnectionSlot) -> None:
-        slot.seq = self._tick()
-        order = self._used if slot.completed else self._fresh
-        if slot in order:
-            order.move_to_end(slot)
+        self._all.refresh(slot)
+        if slot.source is not None:
+            self._by_source[slot.source].refresh(slot)
 
     def _promote(self, slot: ConnectionSlot) -> None:
-        slot.seq = self._tick()
-        self._fresh.pop(slot, None)
-        self._used[slot] = None
+        self._all.promote(slot)
+        if slot.source is not None:
+            self._by_source[slot.source].promote(slot)
 
     def _remove(self, slot: ConnectionSlot) -> None:
         slot.released = True
-        self._fresh.pop(slot, None)
-        self._used.pop(slot, None)
+        self._all.discard(slot)
         if slot.source is not None:
             peers = self._by_source.get(slot.source)
             if peers is not None:
-                peers.pop(slot, None)
+                peers.discard(slot)
                 if not peers:
                     del self._by_source[slot.source]
         # Each halving after a surge hands freed heap back, and so does the
@@ -327,27 +358,6 @@ class ConnectionTable:
                 self._trim_due = False
                 waited = 0
                 release_free_memory()
-
-
-def _first_idle(order: OrderedDict[ConnectionSlot, None]) -> ConnectionSlot | None:
-    """The front-most idle slot of a recency order: the one idle longest."""
-    for scanned, slot in enumerate(order):
-        if scanned >= _SCAN:
-            break
-        if not slot.busy:
-            return slot
-    return None
-
-
-def _oldest_idle(slots: dict[ConnectionSlot, None]) -> ConnectionSlot | None:
-    """Among one source's slots: idle, never completed a message, least recent."""
-    best: ConnectionSlot | None = None
-    for slot in slots:
-        if slot.busy:
-            continue
-        if best is None or (slot.completed, slot.seq) < (best.completed, best.seq):
-            best = slot
-    return best
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:

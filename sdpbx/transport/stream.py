@@ -171,6 +171,8 @@ class _StreamTransport:
         self._bound: tuple[str, int] = (host, port)
         self._by_id: dict[int, _Connection] = {}
         self._by_address: dict[tuple[str, int], _Connection] = {}
+        # Open connections per address, so a close scans for another only if any.
+        self._per_address: dict[tuple[str, int], int] = {}
         self._connecting: dict[tuple[str, int], anyio.Lock] = {}
         self._task_group: TaskGroup | None = None
         self._handler: TransportHandler | None = None
@@ -293,18 +295,26 @@ class _StreamTransport:
         conn = _Connection(stream, peer, idle, self.send_queue_size, slot, scope)
         self._by_id[peer.connection_id] = conn  # type: ignore[index]
         self._by_address[conn.key] = conn
+        self._per_address[conn.key] = self._per_address.get(conn.key, 0) + 1
         return conn
 
     def _unregister(self, conn: _Connection) -> None:
+        if conn.closed:
+            return
         conn.closed = True
         self._by_id.pop(conn.id, None)  # type: ignore[arg-type]
+        left = self._per_address.pop(conn.key, 1) - 1
+        if left:
+            self._per_address[conn.key] = left
         if self._by_address.get(conn.key) is conn:
             del self._by_address[conn.key]
-            # Another connection to the same address may still be open.
-            for other in self._by_id.values():
-                if other.key == conn.key:
-                    self._by_address[conn.key] = other
-                    break
+            # Another connection to the same address may still be open (rare:
+            # looked for only then, since a scan per close is O(n)).
+            if left:
+                for other in self._by_id.values():
+                    if other.key == conn.key:
+                        self._by_address[conn.key] = other
+                        break
 
     async def _run(self, conn: _Connection) -> None:
         try:
