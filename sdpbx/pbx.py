@@ -178,7 +178,9 @@ class Pbx:
             )
             async with anyio.create_task_group() as tg:
                 if proxy_cfg.locator_webhook is not None:
-                    webhook = locator_webhook_from_config(proxy_cfg.locator_webhook, client)
+                    # Its own keep-alive pool (sized by max_in_flight): a registration
+                    # storm must not take the connections the HTTP router needs.
+                    webhook = locator_webhook_from_config(proxy_cfg.locator_webhook)
                     self.locator.subscribe(webhook.notify)
                     await tg.start(webhook.serve)
                 await tg.start(self.proxy.serve)
