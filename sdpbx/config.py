@@ -328,6 +328,14 @@ class ProxyConfig(_Checked):
     auth_algorithms: tuple[str, ...] = field(
         default=("MD5", "SHA-256"), metadata=_check(_algorithms_check)
     )
+    #: TCP, TLS and WebSocket connections together; at the cap the connection
+    #: idle longest (one that never sent SIP first) is closed for a newcomer.
+    max_connections: int = field(default=10_000, metadata=_check(_POSITIVE))
+    #: Connections from one IPv4 address or one IPv6 /64.
+    max_connections_per_source: int = field(default=1_000, metadata=_check(_POSITIVE))
+    #: Seconds a SIP message over a stream may take from its first byte to its
+    #: last (and a WebSocket upgrade to finish): trickling peers are closed.
+    message_deadline_secs: float = field(default=10.0, metadata=_check(_POSITIVE))
     http_router: HttpRouterConfig | None = None
     user_backends: tuple[UserBackendConfig, ...] = ()
     locator_webhook: LocatorWebhookConfig | None = None

@@ -37,12 +37,24 @@ from .routing import Router, StaticRouter, trunks_from_config
 from .sip.nonce import NonceManager
 from .stack import SipStack
 from .store import Database, ExtensionStore
-from .transport import TcpTransport, TlsTransport, Transport, UdpTransport, WsTransport
+from .transport import (
+    ConnectionLimits,
+    ConnectionTable,
+    TcpTransport,
+    TlsTransport,
+    Transport,
+    UdpTransport,
+    WsTransport,
+    raise_open_file_limit,
+)
 from .trunk_registration import TrunkRegistration, trunk_registration_from_config
 from .users import ChainUserBackend, UserBackend, user_backend_from_config
 from .webhooks import http_router_from_config, locator_webhook_from_config
 
 __all__ = ["Pbx", "default_config"]
+
+#: Descriptors besides SIP connections: UDP sockets, HTTP clients, the database.
+_SPARE_FILES = 1_000
 
 log = logging.getLogger("sdpbx.pbx")
 
@@ -87,18 +99,26 @@ class Pbx:
         proxy = self.config.proxy
         host = proxy.addr or "0.0.0.0"
         out: list[Transport] = []
+        # One table for every stream transport, so the caps span TCP, TLS and WS.
+        connections = ConnectionTable(
+            ConnectionLimits(
+                max_connections=proxy.max_connections,
+                max_per_source=proxy.max_connections_per_source,
+                message_deadline=proxy.message_deadline_secs,
+            )
+        )
         if proxy.udp_port is not None:
             out.append(UdpTransport(host, proxy.udp_port))
         if proxy.tcp_port is not None:
-            out.append(TcpTransport(host, proxy.tcp_port))
+            out.append(TcpTransport(host, proxy.tcp_port, connections=connections))
         context: ssl.SSLContext | None = None
         if proxy.ssl_certificate and proxy.ssl_private_key:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(proxy.ssl_certificate, proxy.ssl_private_key)
         if proxy.tls_port is not None and context is not None:
-            out.append(TlsTransport(host, proxy.tls_port, context))
+            out.append(TlsTransport(host, proxy.tls_port, context, connections=connections))
         if proxy.ws_port is not None:
-            out.append(WsTransport(host, proxy.ws_port))
+            out.append(WsTransport(host, proxy.ws_port, connections=connections))
         return out
 
     def _nonce_secret(self) -> bytes:
@@ -151,6 +171,16 @@ class Pbx:
             client = httpx.AsyncClient()
             exits.push_async_callback(client.aclose)
             users = self._users(client)
+            # Every connection is a descriptor: lift the soft limit (often 1024).
+            files = raise_open_file_limit()
+            if 0 <= files < proxy_cfg.max_connections + _SPARE_FILES:
+                log.warning(
+                    "open-file limit %d is below max_connections %d + %d spare; raise it "
+                    "(LimitNOFILE= in the systemd unit, ulimit -n) or lower max_connections",
+                    files,
+                    proxy_cfg.max_connections,
+                    _SPARE_FILES,
+                )
             authenticator = None
             if users is not None:
                 authenticator = Authenticator.from_config(

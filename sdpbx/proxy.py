@@ -143,6 +143,14 @@ class Proxy(RequestHandler):
             self._tg = tg
             if self.registrar is not None:
                 self.stack.add_timer_client(self.registrar.timer_client, self.registrar.clock)
+            # Throttle and nonce-count state ages out on the timer, not only on
+            # the next failure, so memory comes back after a flood ends.
+            authenticators = [self.authenticator]
+            if self.registrar is not None:
+                authenticators.append(self.registrar.authenticator)
+            unique = {id(a): a for a in authenticators if a is not None}
+            for authenticator in unique.values():
+                self.stack.add_timer_client(authenticator, authenticator.clock)
             await tg.start(self.stack.serve)
             task_status.started()
             try:

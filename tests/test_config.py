@@ -45,6 +45,8 @@ from sdpbx.config import (
     parse_config,
 )
 from sdpbx.errors import ConfigError
+from sdpbx.pbx import Pbx
+from sdpbx.transport import TcpTransport, WsTransport
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pbx.toml"
 
@@ -93,6 +95,11 @@ def test_proxy_defaults() -> None:
     assert proxy.ensure_user is False
     assert proxy.auth_failure_limit == 10
     assert proxy.auth_block_seconds == 300
+    assert proxy.auth_source_failure_limit is None  # 5 x auth_failure_limit
+    assert (proxy.auth_trust_seconds, proxy.auth_max_tracked) == (3600, 10_000)
+    assert (proxy.auth_allow_qop_less, proxy.auth_strict_digest_uri) == (False, False)
+    assert (proxy.max_connections, proxy.max_connections_per_source) == (10_000, 1_000)
+    assert proxy.message_deadline_secs == 10.0
     assert proxy.http_router is None
     assert proxy.user_backends == ()
     assert proxy.locator_webhook is None
@@ -315,6 +322,9 @@ ONE_ERROR = [
     ("[[console.api_tokens]]\ntoken = 't'\nkey = 'k'", "console.api_tokens[0].key", "unknown key"),
     ("[console]\nadmin_username = 'admin'", "console.admin_password", "go together"),
     ("[sipflow]\nretention = 3", "sipflow.retention", "unknown key"),
+    ("[proxy]\nmax_connections = 0", "proxy.max_connections", ""),
+    ("[proxy]\nmessage_deadline_secs = -1", "proxy.message_deadline_secs", ""),
+    ("[proxy]\nauth_allow_qop_less = 'yes'", "proxy.auth_allow_qop_less", "boolean"),
 ]
 
 
@@ -699,3 +709,29 @@ def test_auth_algorithms_default_and_validation() -> None:
     assert config_from_dict({}).proxy.auth_algorithms == ("MD5", "SHA-256")
     with pytest.raises(ConfigError, match=r"proxy\.auth_algorithms\[1\]"):
         config_from_dict({"proxy": {"auth_algorithms": ["MD5", "SHA-1"]}})
+
+
+def test_the_server_shares_one_connection_table_across_stream_transports(tmp_path: Path) -> None:
+    """``max_connections`` spans TCP and WS: both transports hold the same table."""
+    config = config_from_dict(
+        {
+            "database_url": f"sqlite://{tmp_path / 'pbx.sqlite3'}",
+            "proxy": {
+                "addr": "127.0.0.1",
+                "udp_port": 0,
+                "tcp_port": 0,
+                "ws_port": 0,
+                "max_connections": 50,
+                "max_connections_per_source": 5,
+                "message_deadline_secs": 2.5,
+            },
+        }
+    )
+    transports = Pbx(config)._transports()
+    tcp = next(t for t in transports if isinstance(t, TcpTransport))
+    ws = next(t for t in transports if isinstance(t, WsTransport))
+    assert tcp.connections is ws.connections
+    limits = tcp.connections.limits
+    assert (limits.max_connections, limits.max_per_source) == (50, 5)
+    assert limits.message_deadline == 2.5
+    assert tcp.message_deadline == 2.5
