@@ -149,6 +149,8 @@ class AuthStats:
     rejections: int = 0
     drops: int = 0
     backend_errors: int = 0
+    #: Requests answered 503 because their source had too many lookups waiting.
+    shed: int = 0
 
 
 def request_domain(request: Request) -> str:
@@ -188,10 +190,13 @@ class Authenticator:
         algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
         allow_qop_less: bool = False,
         strict_digest_uri: bool = False,
+        max_lookups_per_source: int = 64,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if backend_timeout <= 0:
             raise ValueError("backend_timeout must be positive")
+        if max_lookups_per_source < 1:
+            raise ValueError("max_lookups_per_source must be positive")
         self.users = users
         self._realm_for = realm_for
         self.nonces = nonces
@@ -203,6 +208,12 @@ class Authenticator:
         self.clock = clock
         self.stats = AuthStats()
         self._next_expiry = clock() + EXPIRE_INTERVAL
+        #: User lookups one source may have waiting at once. A burst from one
+        #: address (a flood, or a NAT whose phones all re-register) beyond it is
+        #: answered 503 at once instead of queueing behind a slow backend, so
+        #: the work and memory a source can hold are bounded.
+        self.max_lookups_per_source = max_lookups_per_source
+        self._lookups: dict[str, int] = {}
 
     @classmethod
     def from_config(
@@ -320,6 +331,11 @@ class Authenticator:
         if not self.nonces.is_ours(credentials.nonce):
             return self.challenge(request, proxy=proxy)
 
+        waiting = self._lookups.get(source, 0)
+        if waiting >= self.max_lookups_per_source:
+            stats.shed += 1
+            return Unavailable(503, "Too many requests from this address")
+        self._lookups[source] = waiting + 1
         try:
             with anyio.fail_after(self.backend_timeout):
                 user = await self.users.get_user(credentials.username, realm)
@@ -338,6 +354,12 @@ class Authenticator:
                 return Drop("spam")
             stats.rejections += 1
             return Reject(403, f"User {exc.reason}"[:100])
+        finally:
+            left = self._lookups[source] - 1
+            if left:
+                self._lookups[source] = left
+            else:
+                del self._lookups[source]
 
         secret = None if user is None else user.secret()
         now = self.clock()

@@ -14,12 +14,15 @@ registrar: ``None`` (not mine: ask the next backend, finally challenge again),
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sqlite3
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import anyio
 import anyio.to_thread
 from attrs import frozen
 
@@ -152,28 +155,47 @@ _FileKey = tuple[int, int, int]
 class PlainUserBackend:
     """A ``user:password`` file (``#`` starts a comment line), re-read when it changes.
 
-    The file is stat-ed on every lookup, in a worker thread, and parsed again
-    only when its mtime (or size, or inode: editors replace files) changed, so an
-    operator edits it with any editor and never restarts the PBX. The password
+    The file is stat-ed in a worker thread at most once per
+    :attr:`check_interval` (one lookup does it while the others wait for that
+    one check, so a burst of REGISTERs costs one thread hop, not one each), and
+    parsed again only when its mtime (or size, or inode: editors replace files)
+    changed, so an operator edits it with any editor and never restarts the
+    PBX. The password
     is everything after the first ``:``, so it may itself contain colons.
     A missing or unreadable file is a :class:`UserBackendError`, not "no such
     user": the operator configured it, so its absence is a fault to report.
     """
+
+    #: Seconds a check of the file stays good: an edit is seen within this.
+    check_interval = 1.0
 
     def __init__(self, path: str | os.PathLike[str], realm: str | None = None) -> None:
         self.path = Path(path)
         self.realm = realm
         self._key: _FileKey | None = None
         self._users: dict[str, str] = {}
+        self._checked_at = -math.inf
+        self._checking = anyio.Lock()
 
     async def get_user(self, username: str, realm: str) -> SipUser | None:
         if self.realm is not None and _realm_key(self.realm) != _realm_key(realm):
             return None
-        users = await anyio.to_thread.run_sync(self._current)
+        users = await self._fresh()
         password = users.get(username)
         if password is None:
             return None
         return SipUser(username=username, password=password, realm=self.realm)
+
+    async def _fresh(self) -> dict[str, str]:
+        if time.monotonic() - self._checked_at < self.check_interval:
+            return self._users
+        async with self._checking:
+            # Whoever waited here finds the check its predecessor just made.
+            if time.monotonic() - self._checked_at < self.check_interval:
+                return self._users
+            users = await anyio.to_thread.run_sync(self._current)
+            self._checked_at = time.monotonic()
+            return users
 
     def _current(self) -> dict[str, str]:
         """Runs in a worker thread: the parsed file, re-read if it changed."""

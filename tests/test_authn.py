@@ -358,6 +358,37 @@ async def test_hanging_backend_answers_within_the_timeout() -> None:
     assert auth.stats.backend_errors == 1
 
 
+async def test_one_source_holds_a_bounded_number_of_lookups() -> None:
+    """A burst from one address beyond the cap is answered 503 at once, not queued
+    behind a slow backend; other addresses and later requests are not affected."""
+    auth = Authenticator(
+        HangingBackend(),
+        realm_for=REALM,
+        nonces=NonceManager(SECRET),
+        backend_timeout=0.5,
+        max_lookups_per_source=3,
+    )
+    request = await credentials_for(auth)
+    outcomes: list[object] = []
+
+    async def attempt(peer: Peer) -> None:
+        outcomes.append(await auth.authenticate(request, peer, proxy=False))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(attempt, PEER)
+            tg.start_soon(attempt, Peer("UDP", "127.0.0.2", 5099))
+    shed = Unavailable(503, "Too many requests from this address")
+    timed_out = Unavailable(503, "User backend timeout")
+    assert outcomes.count(shed) == 2
+    assert outcomes.count(timed_out) == 4  # three from PEER, one from the other address
+    assert auth.stats.shed == 2
+    assert auth._lookups == {}  # every slot given back
+    with anyio.fail_after(10):
+        assert await auth.authenticate(request, PEER, proxy=False) == timed_out
+
+
 async def test_backend_rejection_is_403_and_spam_is_dropped() -> None:
     auth = Authenticator(RejectingBackend("disabled"), realm_for=REALM, nonces=NonceManager(SECRET))
     outcome = await auth.authenticate(await credentials_for(auth), PEER, proxy=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import anyio
 import pytest
 
 from sdpbx.config import (
@@ -81,10 +82,38 @@ async def test_plain_file_parsing(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     assert "users.txt:7" in caplog.text
 
 
+async def test_a_burst_of_lookups_checks_the_file_once(tmp_path: Path) -> None:
+    """A REGISTER flood must not queue one worker-thread stat() per request."""
+    path = tmp_path / "users.txt"
+    path.write_text("1001:secret\n")
+    backend = PlainUserBackend(path)
+    checks = 0
+    current = backend._current
+
+    def counting() -> dict[str, str]:
+        nonlocal checks
+        checks += 1
+        return current()
+
+    backend._current = counting  # type: ignore[method-assign]
+    found: list[SipUser | None] = []
+
+    async def lookup(name: str) -> None:
+        found.append(await backend.get_user(name, "pbx.com"))
+
+    async with anyio.create_task_group() as tg:
+        for n in range(500):
+            tg.start_soon(lookup, "1001" if n % 2 else f"x{n}")
+    assert checks == 1
+    assert found.count(SipUser("1001", "secret")) == 250
+    assert found.count(None) == 250
+
+
 async def test_plain_file_reloaded_when_changed(tmp_path: Path) -> None:
     path = tmp_path / "users.txt"
     path.write_text("1001:old\n")
     backend = PlainUserBackend(path)
+    backend.check_interval = 0.0  # every lookup checks the file
     assert await backend.get_user("1001", "pbx.com") == SipUser("1001", "old")
     path.write_text("1001:new\n1002:added\n")
     # Make the change visible even on a file system with coarse timestamps.
