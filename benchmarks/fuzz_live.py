@@ -20,11 +20,12 @@ import argparse
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from helpers.fuzz_live import FuzzConfig, FuzzRun, Report, replay, rss_kb
+from helpers.fuzz_live import FuzzConfig, FuzzRun, Report, probe_udp, replay, rss_kb
 from helpers.fuzz_peers import BACKENDS
 from helpers.pbx_process import MD5_ONLY, PbxProcess, pbx_toml
 from helpers.sipp import free_port
@@ -61,9 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", type=Path, help="its log file (for tracebacks and ERRORs)")
     parser.add_argument("--ws-port", type=int, help="its WebSocket port (with --target)")
     parser.add_argument("--probe-every", type=int, default=200)
+    parser.add_argument(
+        "--call-every", type=int, default=500, help="a fresh call every N messages (0: none)"
+    )
     parser.add_argument("--findings", type=Path, default=Path("fuzz-findings"))
     parser.add_argument("--replay", type=Path, help="a finding folder to replay message by message")
     parser.add_argument("--workdir", type=Path, help="run full_pbx here and keep its log")
+    parser.add_argument(
+        "--idle-after",
+        type=float,
+        default=0.0,
+        help="then wait this long (transactions expire after 32 s) and read RSS again",
+    )
     args = parser.parse_args(argv)
     transports = tuple(t for t in args.transports.split(",") if t)
     with tempfile.TemporaryDirectory(prefix="sdpbx-fuzz-") as tmp:
@@ -95,9 +105,17 @@ def main(argv: list[str] | None = None) -> int:
                 port=port, pid=pid, seed=args.seed, count=args.count,
                 transports=transports, ws_port=ws_port, log_path=log,
                 findings_dir=args.findings, probe_every=args.probe_every, progress=_progress,
+                call_every=args.call_every,
             )  # fmt: skip
             report = FuzzRun(config).run(args.start)
             print(report.summary())
+            if args.idle_after > 0:
+                time.sleep(args.idle_after)
+                took = probe_udp(port, "127.0.10.3", 5.0)
+                print(
+                    f"  after {args.idle_after:.0f} s idle: RSS {rss_kb(pid)} KiB, OPTIONS "
+                    + ("answered" if took is not None else "NOT answered")
+                )
             if report.findings:
                 print(f"findings saved under {args.findings}/")
         finally:

@@ -232,6 +232,7 @@ class FuzzConfig:
     findings_dir: Path | None = None
     probe_every: int = 200
     probe_timeout: float = 5.0
+    #: A new call every this many messages (0: no calls, no mid-dialog messages).
     call_every: int = 500
     #: A call a fuzzed BYE ended is replaced after this many messages.
     redial_after: int = 100
@@ -394,8 +395,9 @@ class FuzzRun:
         try:
             for index in range(start, start + config.count):
                 since = index - last_call
-                if since >= config.call_every or (
-                    since >= config.redial_after and self.call is not None and self.call.ended
+                if config.call_every and (
+                    since >= config.call_every
+                    or (since >= config.redial_after and self.call is not None and self.call.ended)
                 ):
                     self._new_call(index)
                     last_call = index
