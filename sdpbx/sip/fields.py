@@ -15,7 +15,7 @@ from attrs import evolve, frozen
 
 from .errors import SipParseError
 from .headers import MAX_DELTA_SECONDS, parse_delta_seconds, parse_number
-from .uri import Uri, format_host, parse_uri
+from .uri import MEMO_LONGEST, MEMO_SIZE, Uri, clear_uri_cache, format_host, parse_uri
 
 __all__ = ["MAX_DELTA_SECONDS", "CSeq", "NameAddr", "Params", "Via", "parse_header_params"]
 
@@ -346,17 +346,28 @@ class NameAddr:
 
 # Header values repeat across the messages of a call (a response copies the
 # request's From, To and Via; a dialog re-reads them), and the parsed values
-# are immutable, so equal texts share one parsed object. Bounded caches.
-@functools.lru_cache(maxsize=8192)
+# are immutable, so equal texts share one parsed object. The caches are
+# bounded in entries and, because a flood of unique long values would
+# otherwise pin megabytes of text, only values of ordinary length are kept.
+_cseq_memo = functools.lru_cache(maxsize=MEMO_SIZE)(CSeq._parse)
+_via_memo = functools.lru_cache(maxsize=MEMO_SIZE)(Via._parse)
+_name_addr_memo = functools.lru_cache(maxsize=MEMO_SIZE)(NameAddr._parse)
+
+
 def _parse_cseq(value: str) -> CSeq:
-    return CSeq._parse(value)
+    return _cseq_memo(value) if len(value) <= MEMO_LONGEST else CSeq._parse(value)
 
 
-@functools.lru_cache(maxsize=8192)
 def _parse_via(value: str) -> Via:
-    return Via._parse(value)
+    return _via_memo(value) if len(value) <= MEMO_LONGEST else Via._parse(value)
 
 
-@functools.lru_cache(maxsize=8192)
 def _parse_name_addr(value: str) -> NameAddr:
-    return NameAddr._parse(value)
+    return _name_addr_memo(value) if len(value) <= MEMO_LONGEST else NameAddr._parse(value)
+
+
+def clear_caches() -> None:
+    """Forget every memoised header and URI value (for memory measurements)."""
+    for memo in (_cseq_memo, _via_memo, _name_addr_memo):
+        memo.cache_clear()
+    clear_uri_cache()

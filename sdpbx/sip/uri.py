@@ -252,16 +252,31 @@ def _parse_sip(scheme: str, rest: str, text: str) -> SipUri:
     return SipUri(scheme, host, user, password, port, params, headers)
 
 
-@functools.lru_cache(maxsize=8192)
+#: Entries in each memo of parsed values, and the longest text memoised.
+MEMO_SIZE = 2048
+MEMO_LONGEST = 256
+
+
 def parse_uri(text: str) -> Uri:
     """Parse an absolute URI as it appears in a Request-Line or name-addr.
 
-    URIs are values, so equal texts share one parsed object (a bounded
-    cache: a call parses the same few URIs in many messages).
+    URIs are values, so equal texts of ordinary length share one parsed
+    object (a bounded cache: a call parses the same few URIs in many
+    messages).
 
     Raises :class:`SipParseError` (400) for a URI that is malformed, such as
     one wrapped in ``<>`` where a bare URI belongs or one containing spaces.
     """
+    if len(text) <= MEMO_LONGEST:
+        return _uri_memo(text)
+    return _parse_uri(text)
+
+
+def clear_uri_cache() -> None:
+    _uri_memo.cache_clear()
+
+
+def _parse_uri(text: str) -> Uri:
     scheme, colon, rest = text.partition(":")
     if not colon or not _SCHEME.match(scheme):
         raise SipParseError(f"malformed URI {text!r}")
@@ -278,3 +293,6 @@ def parse_uri(text: str) -> Uri:
     if not rest:
         raise SipParseError(f"empty URI {text!r}")
     return AbsoluteUri(scheme, rest)
+
+
+_uri_memo = functools.lru_cache(maxsize=MEMO_SIZE)(_parse_uri)
