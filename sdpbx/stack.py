@@ -64,6 +64,7 @@ from .sip.transaction import (
 )
 from .sip.uri import format_host
 from .transport.base import Peer, Transport
+from .transport.limits import release_free_memory
 
 __all__ = [
     "ClientRequest",
@@ -77,6 +78,12 @@ __all__ = [
 ]
 
 log = logging.getLogger("sdpbx.stack")
+
+#: Workers kept however quiet the stack is; seconds between checks for idle
+#: surplus; how many retired at once make a heap trim worth its pause.
+_CORE_WORKERS = 16
+_RETIRE_CHECK = 5.0
+_TRIM_AFTER_RETIRING = 100
 
 _COMPLETED = TransactionState.COMPLETED
 _CONFIRMED = TransactionState.CONFIRMED
@@ -156,16 +163,20 @@ class SipStack:
         self.stats = StackStats()
         self._pending = 0
         # Requests wait in a bounded queue for a pool of worker tasks that
-        # grows on demand (up to max_workers) and then stays: a steady load
-        # creates no task per request, and a handler that awaits a slow
-        # webhook holds up only its own worker.
-        self._work_send, self._work_receive = anyio.create_memory_object_stream[IncomingRequest](
-            max_pending
-        )
+        # grows on demand (up to max_workers) and stays while it is used: a
+        # steady load creates no task per request, and a handler that awaits a
+        # slow webhook holds up only its own worker. After a surge the idle
+        # surplus is retired (a ``None`` in the queue ends one worker), so the
+        # memory of thousands of parked tasks comes back.
+        self._work_send, self._work_receive = anyio.create_memory_object_stream[
+            IncomingRequest | None
+        ](max_pending)
         self._clients: set[ClientRequest] = set()
         self._workers = 0
         self._idle = 0
         self._queued = 0
+        #: Seconds between checks for idle workers to retire.
+        self.retire_check = _RETIRE_CHECK
         self._tg: TaskGroup | None = None
         self.timer = StackTimer(self.layer, clock, self.stats, self._flush)
         self._by_name: dict[str, list[Transport]] = {}
@@ -180,6 +191,7 @@ class SipStack:
             for transport in self.transports:
                 await tg.start(transport.serve, self)
             tg.start_soon(self.timer.run)
+            tg.start_soon(self._retire_idle_workers)
             task_status.started()
             try:
                 await anyio.sleep_forever()
@@ -417,6 +429,8 @@ class SipStack:
                     incoming = await self._work_receive.receive()
                 finally:
                     self._idle -= 1
+                if incoming is None:
+                    return  # retired after a surge
                 self._queued -= 1
                 await self._run_handler(incoming)
                 # An idle worker holds no request: a transaction in Timer J does not either.
@@ -425,6 +439,31 @@ class SipStack:
             pass  # the stack is closing
         finally:
             self._workers -= 1
+
+    async def _retire_idle_workers(self) -> None:
+        """Every few seconds, end the workers a quiet stack does not need.
+
+        Workers idle through a whole check beyond ``_CORE_WORKERS`` are sent a
+        ``None`` each; once a large surplus is gone the freed heap is handed
+        back to the system (one ``gc.collect()`` and ``malloc_trim``).
+        """
+        low_water = self._idle
+        while True:
+            await anyio.sleep(self.retire_check)
+            # Only workers that stayed idle for the whole interval are surplus.
+            low_water, surplus = self._idle, min(low_water, self._idle) - _CORE_WORKERS
+            if surplus <= 0 or self._queued:
+                continue
+            retired = 0
+            for _ in range(surplus):
+                try:
+                    self._work_send.send_nowait(None)
+                except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    break
+                retired += 1
+            if retired >= _TRIM_AFTER_RETIRING:
+                await anyio.sleep(0.1)  # let them end before the heap is trimmed
+                release_free_memory()
 
     async def _run_handler(self, incoming: IncomingRequest) -> None:
         """The boundary of one request: whatever the handler does, the worker survives."""

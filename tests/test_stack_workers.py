@@ -1,0 +1,67 @@
+"""The stack's worker pool grows for a surge and gives the surplus back after it."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from sdpbx.exchanges import IncomingRequest
+from sdpbx.stack import RequestHandler, SipStack
+from sdpbx.transport import MemoryNetwork, Peer
+
+PHONE = Peer("UDP", "127.0.0.1", 5070)
+
+pytestmark = pytest.mark.anyio
+
+
+def options(branch: str) -> bytes:
+    return (
+        "OPTIONS sip:pbx@127.0.0.1 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK{branch}\r\n"
+        "Max-Forwards: 70\r\n"
+        "From: <sip:alice@127.0.0.1>;tag=a1\r\n"
+        "To: <sip:pbx@127.0.0.1>\r\n"
+        f"Call-ID: {branch}\r\n"
+        "CSeq: 1 OPTIONS\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+class Gate(RequestHandler):
+    """Holds every request until opened, so each one needs its own worker."""
+
+    def __init__(self) -> None:
+        self.open = anyio.Event()
+        self.waiting = 0
+
+    async def handle_request(self, incoming: IncomingRequest) -> None:
+        self.waiting += 1
+        await self.open.wait()
+        incoming.respond(200)
+
+
+async def wait_until(condition: object) -> None:
+    assert callable(condition)
+    with anyio.fail_after(10):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+async def test_idle_workers_beyond_the_core_are_retired_after_a_surge() -> None:
+    network = MemoryNetwork()
+    gate = Gate()
+    stack = SipStack([network.transport("UDP", "127.0.0.1", 5060)], gate)
+    stack.retire_check = 0.05
+    async with anyio.create_task_group() as tg:
+        await tg.start(stack.serve)
+        for n in range(300):
+            stack.message_received(options(f"surge{n}"), PHONE)
+        await wait_until(lambda: gate.waiting == 300)
+        assert stack._workers == 300
+        gate.open.set()
+        await wait_until(lambda: stack._workers <= 16)
+        # The pool still serves, and grows again when it must.
+        stack.message_received(options("after"), PHONE)
+        await wait_until(lambda: gate.waiting == 301)
+        assert stack.stats.handler_errors == 0
+        tg.cancel_scope.cancel()
