@@ -82,6 +82,7 @@ log = logging.getLogger("sdpbx.stack")
 #: Workers kept however quiet the stack is; seconds between checks for idle
 #: surplus; how many retired at once make a heap trim worth its pause.
 _CORE_WORKERS = 16
+_MESSAGE_FRAMED = frozenset({"WS", "WSS"})
 _RETIRE_CHECK = 5.0
 _TRIM_AFTER_RETIRING = 100
 
@@ -309,7 +310,10 @@ class SipStack:
         """The boundary of one inbound message: nothing raised here reaches a transport."""
         try:
             try:
-                message = parse_message(data, datagram=peer.connection_id is None)
+                # A datagram or a WebSocket message is one whole SIP message, so
+                # Content-Length may be absent (RFC 7118 §5); a TCP stream needs it.
+                framed = peer.connection_id is None or peer.transport in _MESSAGE_FRAMED
+                message = parse_message(data, datagram=framed)
                 if isinstance(message, Request):
                     self.stats.requests_received += 1
                     self._request_received(message, peer)
