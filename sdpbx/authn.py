@@ -446,6 +446,9 @@ def answer_refusal(incoming: IncomingRequest, outcome: AuthOutcome) -> bool:
     """
     if isinstance(outcome, Authenticated):
         return False
+    if incoming.answered:
+        # Answered while the backend was asked (a CANCEL's 487): nothing to add.
+        return True
     if isinstance(outcome, Drop):
         incoming.drop()
     elif isinstance(outcome, Challenge):

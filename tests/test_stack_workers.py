@@ -1,10 +1,11 @@
-"""The stack's worker pool grows for a surge and gives the surplus back after it."""
+"""The stack's worker pool and the request boundary it runs handlers in."""
 
 from __future__ import annotations
 
 import anyio
 import pytest
 
+from sdpbx.authn import Challenge, answer_refusal
 from sdpbx.exchanges import IncomingRequest
 from sdpbx.stack import RequestHandler, SipStack
 from sdpbx.transport import MemoryNetwork, Peer
@@ -63,5 +64,30 @@ async def test_idle_workers_beyond_the_core_are_retired_after_a_surge() -> None:
         # The pool still serves, and grows again when it must.
         stack.message_received(options("after"), PHONE)
         await wait_until(lambda: gate.waiting == 301)
+        assert stack.stats.handler_errors == 0
+        tg.cancel_scope.cancel()
+
+
+class AnsweredThenRefused(RequestHandler):
+    """The fuzzer's case: a 487 went out while the user backend was asked,
+    then the authenticator's verdict is a challenge."""
+
+    def __init__(self) -> None:
+        self.refused: list[bool] = []
+
+    async def handle_request(self, incoming: IncomingRequest) -> None:
+        incoming.respond(487)
+        challenge = Challenge(407, (("Proxy-Authenticate", 'Digest realm="r", nonce="n"'),))
+        self.refused.append(answer_refusal(incoming, challenge))
+
+
+async def test_a_refusal_after_the_request_was_answered_sends_nothing_more() -> None:
+    network = MemoryNetwork()
+    handler = AnsweredThenRefused()
+    stack = SipStack([network.transport("UDP", "127.0.0.1", 5060)], handler)
+    async with anyio.create_task_group() as tg:
+        await tg.start(stack.serve)
+        stack.message_received(options("refused"), PHONE)
+        await wait_until(lambda: handler.refused == [True])
         assert stack.stats.handler_errors == 0
         tg.cancel_scope.cancel()

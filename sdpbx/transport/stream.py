@@ -422,7 +422,9 @@ class _StreamTransport:
             while size < _WRITE_BATCH:
                 try:
                     more = inbox.receive_nowait()
-                except anyio.WouldBlock:
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    # EndOfStream: the reader closed the queue meanwhile; what
+                    # was taken still goes out, then the loop ends.
                     break
                 batch.append(more)
                 size += len(more)
