@@ -27,6 +27,7 @@ What the stack does on its own, as RFC 3261's "UAS core" and transport layer:
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -35,6 +36,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from attrs import define
 
+from ._ratelog import LogLimiter
 from ._stack_errors import error_response, first_line, safe_first_line
 from ._stack_timer import StackTimer, TimerClient
 from .errors import TransactionClosed, TransactionTimedOut
@@ -178,6 +180,7 @@ class SipStack:
         self._queued = 0
         #: Seconds between checks for idle workers to retire.
         self.retire_check = _RETIRE_CHECK
+        self._logs = _StackLogs()
         self._tg: TaskGroup | None = None
         self.timer = StackTimer(self.layer, clock, self.stats, self._flush)
         self._by_name: dict[str, list[Transport]] = {}
@@ -324,14 +327,18 @@ class SipStack:
                 # Malformed at once, or a header nobody read during parsing.
                 self.stats.parse_errors += 1
                 self._answer_malformed(data, peer, exc.status, exc.reason)
-            except Exception:
+            except Exception as exc:
                 self.stats.internal_errors += 1
-                log.exception("error handling %r from %s", first_line(data), peer.address)
+                self._logs.internal.error(
+                    "error handling %r from %s", first_line(data), peer.address, exc=exc
+                )
                 self._answer_malformed(data, peer, 500, "Server Internal Error")
             self._flush()
-        except Exception:  # the last resort: an error path failed too
+        except Exception as exc:  # the last resort: an error path failed too
             self.stats.internal_errors += 1
-            log.exception("unhandled error on %r from %s", first_line(data), peer.address)
+            self._logs.internal.error(
+                "unhandled error on %r from %s", first_line(data), peer.address, exc=exc
+            )
 
     def connection_lost(self, peer: Peer) -> None:
         try:
@@ -499,9 +506,16 @@ class SipStack:
         try:
             line = safe_first_line(incoming.request)
             if error:
-                log.exception("handler failed on %r from %s", line, incoming.peer.address)
+                self._logs.handler.error(
+                    "handler failed on %r from %s",
+                    line,
+                    incoming.peer.address,
+                    exc=sys.exc_info()[1],
+                )
             else:
-                log.info("bad %r from %s: %s", line, incoming.peer.address, reason)
+                self._logs.malformed_request.info(
+                    "bad %r from %s: %s", line, incoming.peer.address, reason
+                )
             txn = incoming.transaction
             if txn is None or incoming.answered:
                 return
@@ -530,14 +544,20 @@ class SipStack:
         head = data.lstrip(b"\r\n")[:16]
         if head.startswith(b"SIP/") or not head:
             self.stats.malformed_responses_dropped += 1
-            log.info("dropped malformed response from %s: %s", peer.address, reason)
+            self._logs.malformed_response.info(
+                "dropped malformed response from %s: %s", peer.address, reason
+            )
             return
         response = error_response(data, status, reason)
         if response is None:
-            log.info("dropped unanswerable request from %s: %s", peer.address, reason)
+            self._logs.malformed_request.info(
+                "dropped unanswerable request from %s: %s", peer.address, reason
+            )
             return
         self.stats.malformed_requests_answered += 1
-        log.info("answered %d to malformed request from %s: %s", status, peer.address, reason)
+        self._logs.malformed_request.info(
+            "answered %d to malformed request from %s: %s", status, peer.address, reason
+        )
         if peer.connection_id is None:
             peer = Peer("UDP", peer.host, peer.port)
         self._send(response, peer)
@@ -579,11 +599,11 @@ class SipStack:
                 return
         except OSError as exc:
             self.stats.send_errors += 1
-            log.warning("send to %s failed: %s", destination.address, exc)
+            self._logs.send.warning("send to %s failed: %s", destination.address, exc)
             return
-        except Exception:
+        except Exception as exc:
             self.stats.send_errors += 1
-            log.exception("send to %s failed", destination.address)
+            self._logs.send.error("send to %s failed", destination.address, exc=exc)
             return
         tg = self._tg
         if tg is not None:
@@ -595,10 +615,10 @@ class SipStack:
             await transport.send(data, destination)
         except OSError as exc:
             self.stats.send_errors += 1
-            log.warning("send to %s failed: %s", destination.address, exc)
-        except Exception:
+            self._logs.send.warning("send to %s failed: %s", destination.address, exc)
+        except Exception as exc:
             self.stats.send_errors += 1
-            log.exception("send to %s failed", destination.address)
+            self._logs.send.error("send to %s failed", destination.address, exc=exc)
 
     # -- timers -----------------------------------------------------------------
     def _rearm(self) -> None:
@@ -611,6 +631,17 @@ class SipStack:
     def _timer_tick(self) -> None:
         """Fire what is due and send what it produced; never raises."""
         self.timer.tick()
+
+
+class _StackLogs:
+    """One rate-limited log per kind of per-message event (see :mod:`sdpbx._ratelog`)."""
+
+    def __init__(self) -> None:
+        self.internal = LogLimiter(log)
+        self.handler = LogLimiter(log)
+        self.malformed_request = LogLimiter(log)
+        self.malformed_response = LogLimiter(log)
+        self.send = LogLimiter(log)
 
 
 def _replace_top_via(request: Request, new_top: str) -> Request:

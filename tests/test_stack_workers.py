@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import anyio
 import pytest
 
@@ -91,3 +93,21 @@ async def test_a_refusal_after_the_request_was_answered_sends_nothing_more() -> 
         await wait_until(lambda: handler.refused == [True])
         assert stack.stats.handler_errors == 0
         tg.cancel_scope.cancel()
+
+
+async def test_a_flood_of_malformed_requests_logs_a_bounded_number_of_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each is answered 400; the log says so once per interval with a count, not 1,000 times."""
+    network = MemoryNetwork()
+    stack = SipStack([network.transport("UDP", "127.0.0.1", 5060)], Gate())
+    bad = options("bad").replace(b"CSeq: 1 OPTIONS", b"CSeq: x OPTIONS")
+    async with anyio.create_task_group() as tg:
+        await tg.start(stack.serve)
+        with caplog.at_level(logging.INFO, logger="sdpbx.stack"):
+            for _ in range(1_000):
+                stack.message_received(bad, PHONE)
+        tg.cancel_scope.cancel()
+    assert stack.stats.malformed_requests_answered == 1_000
+    lines = [r for r in caplog.records if r.levelno >= logging.INFO and "malformed" in r.message]
+    assert len(lines) == 1

@@ -12,15 +12,13 @@ process is out of file descriptors instead of spinning.
 from __future__ import annotations
 
 import errno
-import logging
-import math
-import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import SocketListener, SocketStream
+
+from .._ratelog import LogLimiter
 
 __all__ = ["LogLimiter", "TransportStats", "accept_forever", "guarded"]
 
@@ -55,39 +53,6 @@ class TransportStats:
         self.connections_refused = 0
         # Closed because a message (or WS handshake) missed its deadline.
         self.deadline_closes = 0
-
-
-class LogLimiter:
-    """At most one log line per ``interval`` seconds; the rest are counted.
-
-    The first occurrence carries the traceback; later ones say how many were
-    suppressed meanwhile, so the log shows the rate without growing with it.
-    The clock is :func:`time.monotonic`, not the event loop's, since UDP calls
-    this from a loop reader callback where no async library is detectable.
-    """
-
-    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
-        self.logger = logger
-        self.interval = interval
-        self._next = -math.inf
-        self._suppressed = 0
-        self._traceback_shown = False
-
-    def warning(self, msg: str, *args: Any, exc: BaseException | None = None) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self._suppressed += 1
-            return
-        self._next = now + self.interval
-        if self._suppressed:
-            msg += " (%d similar suppressed)"
-            args = (*args, self._suppressed)
-            self._suppressed = 0
-        show = exc is not None and not self._traceback_shown
-        self._traceback_shown = self._traceback_shown or show
-        self.logger.warning(msg, *args, exc_info=exc if show else None)
-        if exc is not None and not show:
-            self.logger.debug("traceback", exc_info=exc)
 
 
 async def guarded(
