@@ -19,7 +19,13 @@ from .b2bua.events import (
 )
 from .b2bua.registry import CallRegistry
 from .config import Config, config_from_dict, load_config, parse_config
-from .errors import ConfigError, SdpbxError
+from .errors import (
+    ConfigError,
+    PayloadError,
+    SdpbxError,
+    TransactionClosed,
+    TransactionTimedOut,
+)
 from .locator import Binding, Locator, LocatorEvent, MemoryLocator, SqliteLocator
 from .media import MediaBackend, PassthroughMedia
 from .pbx import Pbx, default_config
@@ -45,7 +51,7 @@ from .users import (
     UserBackendError,
     UserRejected,
 )
-from .webhooks import HttpRouter, HttpUserBackend, LocatorWebhook
+from .webhooks import HttpRouter, HttpUserBackend, LocatorWebhook, LocatorWebhookStats
 
 __all__ = [
     "Authenticator",
@@ -70,10 +76,12 @@ __all__ = [
     "Locator",
     "LocatorEvent",
     "LocatorWebhook",
+    "LocatorWebhookStats",
     "MediaBackend",
     "MemoryLocator",
     "MemoryUserBackend",
     "PassthroughMedia",
+    "PayloadError",
     "Pbx",
     "PlainUserBackend",
     "Proxy",
@@ -88,6 +96,8 @@ __all__ = [
     "SipUser",
     "SqliteLocator",
     "StaticRouter",
+    "TransactionClosed",
+    "TransactionTimedOut",
     "TrunkRegistration",
     "UserBackend",
     "UserBackendError",

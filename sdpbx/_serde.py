@@ -40,14 +40,13 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from sdpbx.errors import ConfigError, SdpbxError
+from sdpbx.errors import ConfigError, PayloadError
 
 __all__ = [
     "CHECK",
     "KEY",
     "OMIT_IF_DEFAULT",
     "ONE_OR_MANY",
-    "PayloadError",
     "register_tagged_union",
     "structure_config",
     "structure_json",
@@ -73,19 +72,6 @@ a nested table) is broken too and the class itself can never be built."""
 
 _Hook = Callable[[Any, Any], Any]
 _Errors = list[tuple[str, str]]
-
-
-class PayloadError(SdpbxError):
-    """A JSON payload (webhook reply, REST body) does not fit the expected shape.
-
-    ``errors`` lists ``(path, message)`` pairs such as
-    ``("targets[0]", "expected a string")``; an HTTP handler answers 400/422
-    with them, a webhook client treats the reply as failed.
-    """
-
-    def __init__(self, errors: list[tuple[str, str]]) -> None:
-        self.errors = list(errors)
-        super().__init__("; ".join(f"{path}: {message}" for path, message in self.errors))
 
 
 class _Mismatch(TypeError):

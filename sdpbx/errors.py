@@ -7,7 +7,13 @@ libraries (httpx, sqlite3, ssl) are translated at the boundary where they occur.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "SdpbxError", "TransactionClosed", "TransactionTimedOut"]
+__all__ = [
+    "ConfigError",
+    "PayloadError",
+    "SdpbxError",
+    "TransactionClosed",
+    "TransactionTimedOut",
+]
 
 
 class SdpbxError(Exception):
@@ -20,6 +26,19 @@ class ConfigError(SdpbxError):
     ``errors`` lists ``(path, message)`` pairs such as
     ``("proxy.user_backends[1].url", "not a valid URL")``, so that a bad
     config is reported with every offending key at once.
+    """
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors = list(errors)
+        super().__init__("; ".join(f"{path}: {message}" for path, message in self.errors))
+
+
+class PayloadError(SdpbxError):
+    """A JSON payload (webhook reply, REST body) does not fit the expected shape.
+
+    ``errors`` lists ``(path, message)`` pairs such as
+    ``("targets[0]", "expected a string")``; an HTTP handler answers 400/422
+    with them, a webhook client treats the reply as failed.
     """
 
     def __init__(self, errors: list[tuple[str, str]]) -> None:

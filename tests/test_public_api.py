@@ -30,6 +30,11 @@ REQUIRED = {
     "load_config",
     "Config",
     "SdpbxError",
+    "ConfigError",
+    "PayloadError",
+    "TransactionClosed",
+    "TransactionTimedOut",
+    "LocatorWebhookStats",
 }
 
 
@@ -64,3 +69,28 @@ def test_subpackage_all_sorted() -> None:
         assert _is_sorted(list(module.__all__)), name
         for exported in module.__all__:
             assert hasattr(module, exported), f"{name}.{exported}"
+
+
+def test_one_exception_tree() -> None:
+    """Everything sdpbx raises on purpose is an SdpbxError, each defined once."""
+    from sdpbx.errors import SdpbxError
+    from sdpbx.sip.errors import LocalProtocolError, SipParseError
+    from sdpbx.store.database import StoreError
+    from sdpbx.testing.phone import CallFailed
+
+    for error in (
+        sdpbx.ConfigError,
+        sdpbx.PayloadError,
+        sdpbx.TransactionClosed,
+        sdpbx.TransactionTimedOut,
+        sdpbx.RouterError,
+        sdpbx.UserBackendError,
+        sdpbx.UserRejected,
+        SipParseError,
+        LocalProtocolError,
+        StoreError,
+        CallFailed,
+    ):
+        assert issubclass(error, SdpbxError), error
+    assert issubclass(sdpbx.TransactionTimedOut, sdpbx.TransactionClosed)
+    assert sdpbx.PayloadError.__module__ == sdpbx.ConfigError.__module__ == "sdpbx.errors"

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from sdpbx._serde import PayloadError
-from sdpbx.errors import SdpbxError
+from sdpbx.errors import PayloadError, SdpbxError
 from sdpbx.routing import (
     FallbackRouter,
     RewriteInfo,

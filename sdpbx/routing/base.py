@@ -27,8 +27,8 @@ from typing import Any, Literal, Protocol, TypeAlias, cast, runtime_checkable
 
 from attrs import field, fields, frozen
 
-from .._serde import KEY, PayloadError, structure_json, unstructure_json
-from ..errors import SdpbxError
+from .._serde import KEY, structure_json, unstructure_json
+from ..errors import PayloadError, SdpbxError
 from ..locator import Binding
 from ..sip.errors import SipParseError
 from ..sip.fields import NameAddr
@@ -133,7 +133,7 @@ class RouteRequest:
     def from_json(cls, data: object) -> RouteRequest:
         """Read the request JSON (a router service written with sdpbx uses this).
 
-        Raises :class:`~sdpbx._serde.PayloadError` naming the bad field.
+        Raises :class:`~sdpbx.errors.PayloadError` naming the bad field.
         """
         return structure_json(data, cls, strict=False)
 
@@ -309,7 +309,7 @@ class RouteDecision:
 
     @classmethod
     def from_json(cls, data: object) -> RouteDecision:
-        """Read a router's response JSON; raise :class:`~sdpbx._serde.PayloadError` naming
+        """Read a router's response JSON; raise :class:`~sdpbx.errors.PayloadError` naming
         the bad field.
 
         ``null`` counts as absent (services written with optional fields often

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 import anyio
 import httpx
 
-from .._serde import PayloadError
 from ..config import HttpRouterConfig
+from ..errors import PayloadError
 from ..routing.base import FallbackRouter, RouteDecision, Router, RouteRequest, RouterError
 from ._client import WebhookClient
 

@@ -26,7 +26,8 @@ import anyio
 import httpx
 from attrs import frozen
 
-from .._serde import PayloadError, structure_json
+from .._serde import structure_json
+from ..errors import PayloadError
 from ..users import SipUser, UserBackendError, UserRejected
 from ._client import WebhookClient
 
