@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         level=LEVELS.get((config.log_level or "info").lower(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx logs every request at INFO: a registration storm's locator webhook
+    # would write one line per phone. Its failures still reach our own logs.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     failed = False
     # A PBX holds tens of thousands of live transactions (each waits out its
     # 32 s timers); CPython's default gen-0 threshold of 700 allocations makes

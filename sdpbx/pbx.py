@@ -49,7 +49,7 @@ from .transport import (
 )
 from .trunk_registration import TrunkRegistration, trunk_registration_from_config
 from .users import ChainUserBackend, UserBackend, user_backend_from_config
-from .webhooks import http_router_from_config, locator_webhook_from_config
+from .webhooks import LocatorWebhook, http_router_from_config, locator_webhook_from_config
 
 __all__ = ["Pbx", "default_config"]
 
@@ -93,6 +93,7 @@ class Pbx:
         self.proxy: Proxy | None = None
         self.stack: SipStack | None = None
         self.trunk_registrations: list[TrunkRegistration] = []
+        self.locator_webhook: LocatorWebhook | None = None
 
     # -- assembly ------------------------------------------------------------------
     def _transports(self) -> list[Transport]:
@@ -212,6 +213,7 @@ class Pbx:
                     # storm must not take the connections the HTTP router needs.
                     webhook = locator_webhook_from_config(proxy_cfg.locator_webhook)
                     self.locator.subscribe(webhook.notify)
+                    self.locator_webhook = webhook
                     await tg.start(webhook.serve)
                 await tg.start(self.proxy.serve)
                 for name, trunk in proxy_cfg.trunks.items():
@@ -233,6 +235,14 @@ class Pbx:
                     tg.cancel_scope.cancel()
 
     async def shutdown(self, grace: float = 10.0) -> None:
-        """Stop taking calls (503), give live calls ``grace`` seconds to end."""
+        """Stop taking calls (503), give live calls ``grace`` seconds to end, and
+        the locator webhook what is left of it to deliver its queue (what it
+        cannot is counted in its stats as dropped at shutdown)."""
+        deadline = anyio.current_time() + grace
         if self.proxy is not None:
             await self.proxy.drain(grace)
+        webhook = self.locator_webhook
+        if webhook is not None:
+            webhook.close()
+            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+                await webhook.drain()
