@@ -179,6 +179,9 @@ class _StreamTransport:
         self.stats = TransportStats()
         self._log = LogLimiter(logger)
         self._accept_log = LogLimiter(logger)
+        # Per-peer events an attacker can repeat at will: one line per 10 s.
+        self._framing_log = LogLimiter(logger)
+        self._deadline_log = LogLimiter(logger)
 
     @property
     def local_host(self) -> str:
@@ -371,7 +374,7 @@ class _StreamTransport:
             if idle.cancelled_caught:
                 if partial_since is not None and now >= partial_since + self.message_deadline:
                     self.stats.deadline_closes += 1
-                    logger.info(
+                    self._deadline_log.info(
                         "%s message from %s incomplete after %gs, closing",
                         self.name,
                         peer.address,
@@ -394,7 +397,9 @@ class _StreamTransport:
                     except Exception:
                         logger.exception("%s handler failed on a message from %s", self.name, peer)
             except SipParseError as exc:
-                logger.info("%s framing error from %s, closing: %s", self.name, peer.address, exc)
+                self._framing_log.info(
+                    "%s framing error from %s, closing: %s", self.name, peer.address, exc
+                )
                 return
             if not framer.in_message:
                 partial_since = None

@@ -191,6 +191,7 @@ class WsTransport:
         self.stats = TransportStats()
         self._log = LogLimiter(logger)
         self._accept_log = LogLimiter(logger)
+        self._deadline_log = LogLimiter(logger)
 
     @property
     def local_host(self) -> str:
@@ -607,7 +608,7 @@ class WsTransport:
             now = anyio.current_time()
             if conn.partial_since is not None and now >= conn.partial_since + self.message_deadline:
                 self.stats.deadline_closes += 1
-                logger.info(
+                self._deadline_log.info(
                     "closing %s: WebSocket message incomplete after %gs",
                     conn.peer.address,
                     self.message_deadline,
