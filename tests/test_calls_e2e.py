@@ -40,6 +40,12 @@ from sdpbx.users import MemoryUserBackend, SipUser
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sipp]
 
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # live SIPp peers: asyncio only, to keep CI in its time budget
+
+
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 SHARED_UAC = ("sip-tools", "scenarios", "uac_call.xml")
 TRANSPORTS = ["udp", "tcp"]

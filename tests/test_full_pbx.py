@@ -30,6 +30,12 @@ from sdpbx.sip.message import Request, Response, parse_message
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # full_pbx and SIPp subprocesses: asyncio only, to keep CI in its time budget
+
+
 SCENARIO = Path(__file__).resolve().parent / "scenarios_register" / "register_self.xml"
 
 

@@ -33,6 +33,12 @@ from sdpbx.pbx import Pbx
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sipp]
 
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # live SIPp peers: asyncio only, to keep CI in its time budget
+
+
 SCENARIOS = Path(__file__).resolve().parent / "scenarios_routing"
 
 # -- the router web service ----------------------------------------------------------------

@@ -42,6 +42,11 @@ from sdpbx.transport import UdpTransport
 pytestmark = [pytest.mark.anyio, pytest.mark.sipp]
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # live SIPp peers: asyncio only, to keep CI in its time budget
+
+
 def trunk_at(uri: str, **more: Any) -> dict[str, Any]:
     """A ``[proxy.trunks.<name>]`` table whose dest is ``uri``'s host:port."""
     return {"dest": uri.split("@", 1)[1], **more}

@@ -16,6 +16,11 @@ from sdpbx.transport import TcpTransport, UdpTransport
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # live SIPp peers: asyncio only, to keep CI in its time budget
+
+
 async def to_request_uri(request: RouteRequest) -> RouteDecision:
     """The router of these tests: dial what the caller dialled."""
     return RouteDecision.forward(request.uri)

@@ -28,6 +28,11 @@ from sdpbx.users import MemoryUserBackend, SipUser
 pytestmark = [pytest.mark.anyio, pytest.mark.sipp]
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # live SIPp peers: asyncio only, to keep CI in its time budget
+
+
 class RegistrarHandler(RequestHandler):
     def __init__(self, registrar: Registrar) -> None:
         self.registrar = registrar
