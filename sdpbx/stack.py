@@ -21,7 +21,19 @@ What the stack does on its own, as RFC 3261's "UAS core" and transport layer:
   ``Require`` option (§8.2.2);
 - answers OPTIONS with 200 when no handler takes it;
 - answers 503 when more than ``max_pending`` requests are being handled, so
-  overload sheds load instead of growing memory.
+  overload sheds load instead of growing memory;
+- answers 200 to a CANCEL of an INVITE that already has its final response
+  (§9.2): that INVITE's transaction no longer holds the TU's context.
+
+What the stack keeps once a request is answered: a transaction waiting for
+Timer J, H or I keeps its key, the final response's bytes and the destination,
+never the request or the :class:`IncomingRequest` (a 10 KB request flood held
+32 s would otherwise cost its size per request). On the client side, a
+:class:`ClientRequest` whose transaction enters COMPLETED is detached: its
+stream ends after that final response, so a further ``next_response()``
+raises :class:`TransactionClosed` at once instead of after Timer K or D.
+Catch ``TransactionClosed`` (it includes :class:`TransactionTimedOut`) where a
+TU may read past a final response (the 487 after a CANCEL is still read).
 """
 
 from __future__ import annotations
