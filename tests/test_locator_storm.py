@@ -25,6 +25,12 @@ from helpers.pbx_process import MD5_ONLY, pbx_toml, running_pbx
 from helpers.sipp import SippResult, free_port, run_sipp
 from helpers.webhook_server import Received, Reply, running_server
 
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # full_pbx and SIPp subprocesses: asyncio only, to keep CI in its time budget
+
+
 pytestmark = [pytest.mark.anyio, pytest.mark.sipp]
 
 SCENARIO = Path(__file__).resolve().parent / "scenarios_register" / "register_self.xml"
