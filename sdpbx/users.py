@@ -156,8 +156,8 @@ class PlainUserBackend:
     """A ``user:password`` file (``#`` starts a comment line), re-read when it changes.
 
     The file is stat-ed in a worker thread at most once per
-    :attr:`check_interval` (one lookup does it while the others wait for that
-    one check, so a burst of REGISTERs costs one thread hop, not one each), and
+    :attr:`check_interval` (one lookup does it while the others use what was
+    read last, so a burst of REGISTERs costs one thread hop, not one each), and
     parsed again only when its mtime (or size, or inode: editors replace files)
     changed, so an operator edits it with any editor and never restarts the
     PBX. The password
@@ -189,8 +189,10 @@ class PlainUserBackend:
     async def _fresh(self) -> dict[str, str]:
         if time.monotonic() - self._checked_at < self.check_interval:
             return self._users
+        if self._checking.locked() and self._key is not None:
+            return self._users  # a check is under way: the last file is at most that old
         async with self._checking:
-            # Whoever waited here finds the check its predecessor just made.
+            # Whoever waited here (only before the first load) finds that load done.
             if time.monotonic() - self._checked_at < self.check_interval:
                 return self._users
             users = await anyio.to_thread.run_sync(self._current)

@@ -337,6 +337,8 @@ def test_missing_opaque_is_refused() -> None:
 
 
 class _Recorder:
+    answered = False
+
     def __init__(self) -> None:
         self.calls: list[tuple[str, int]] = []
 
