@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 from pathlib import Path
 
 import anyio
@@ -107,6 +109,31 @@ async def test_a_burst_of_lookups_checks_the_file_once(tmp_path: Path) -> None:
     assert checks == 1
     assert found.count(SipUser("1001", "secret")) == 250
     assert found.count(None) == 250
+
+
+async def test_lookups_during_a_slow_check_use_the_last_read(tmp_path: Path) -> None:
+    """Nobody queues behind the once-a-second stat(): a queue would count against the
+    per-source lookup cap and turn a registration burst into 503s."""
+    path = tmp_path / "users.txt"
+    path.write_text("1001:secret\n")
+    backend = PlainUserBackend(path)
+    assert await backend.get_user("1001", "pbx.com") == SipUser("1001", "secret")
+    release = threading.Event()
+    current = backend._current
+
+    def slow() -> dict[str, str]:
+        release.wait(10)
+        return current()
+
+    backend._current = slow  # type: ignore[method-assign]
+    backend._checked_at = -math.inf  # the next lookup checks the file
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(backend.get_user, "1001", "pbx.com")
+        await anyio.wait_all_tasks_blocked()
+        with anyio.fail_after(5):
+            for _ in range(100):
+                assert await backend.get_user("1001", "pbx.com") == SipUser("1001", "secret")
+        release.set()
 
 
 async def test_plain_file_reloaded_when_changed(tmp_path: Path) -> None:
