@@ -55,9 +55,7 @@ class Server:
 
     def __init__(self, workdir: Path) -> None:
         self.port = free_udp_port()
-        (workdir / "users.txt").write_text(
-            "".join(f"u{n}:secret\n" for n in range(1, USERS + 1))
-        )
+        (workdir / "users.txt").write_text("".join(f"u{n}:secret\n" for n in range(1, USERS + 1)))
         (workdir / "pbx.toml").write_text(
             f'database_url = "sqlite://data/pbx.sqlite3"\n'
             f'http_addr = "127.0.0.1:{free_udp_port()}"\n'
