@@ -20,7 +20,7 @@ from anyio.abc import SocketListener, SocketStream
 
 from .._ratelog import LogLimiter
 
-__all__ = ["LogLimiter", "TransportStats", "accept_forever", "guarded"]
+__all__ = ["LogLimiter", "TransportStats", "accept_forever", "guarded", "serve_accepted"]
 
 # Errors of accept() meaning "no resources right now": wait, do not spin.
 _EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -71,6 +71,22 @@ async def guarded(
     except Exception as exc:
         stats.connection_errors += 1
         log.warning("closing %s after an unexpected error: %r", describe(), exc, exc=exc)
+
+
+async def serve_accepted(
+    raw: SocketStream,
+    serve: Callable[[SocketStream], Awaitable[None]],
+    name: str,
+    stats: TransportStats,
+    log: LogLimiter,
+) -> None:
+    """One accepted connection, from accept to close, under the guard: whatever
+    ``serve`` raises ends this connection alone, and its socket is closed."""
+    try:
+        await guarded(lambda: serve(raw), lambda: f"inbound {name} connection", stats, log)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.aclose_forcefully(raw)
 
 
 async def accept_forever(

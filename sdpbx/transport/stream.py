@@ -42,7 +42,7 @@ from anyio.streams.tls import TLSStream
 
 from ..sip.errors import SipParseError
 from ..sip.framing import StreamFramer
-from ._guard import LogLimiter, TransportStats, accept_forever, guarded
+from ._guard import LogLimiter, TransportStats, accept_forever, guarded, serve_accepted
 from .base import Peer, TransportHandler, TransportName, next_connection_id
 from .limits import ConnectionSlot, ConnectionTable
 
@@ -236,25 +236,14 @@ class _StreamTransport:
 
     async def _accept_loop(self, listener: SocketListener, tg: TaskGroup) -> None:
         def spawn(stream: SocketStream) -> None:
-            tg.start_soon(self._guarded_inbound, stream)
+            tg.start_soon(
+                serve_accepted, stream, self._serve_inbound, self.name, self.stats, self._log
+            )
 
         def exhausted() -> bool:
             return self.connections.evict_idle("out of file descriptors")
 
         await accept_forever(listener, spawn, self.name, self.stats, self._accept_log, exhausted)
-
-    async def _guarded_inbound(self, raw: SocketStream) -> None:
-        """One accepted connection, from accept to close, under the guard."""
-        try:
-            await guarded(
-                lambda: self._serve_inbound(raw),
-                lambda: f"inbound {self.name} connection",
-                self.stats,
-                self._log,
-            )
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.aclose_forcefully(raw)
 
     async def _serve_inbound(self, raw: SocketStream) -> None:
         try:

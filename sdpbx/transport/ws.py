@@ -57,7 +57,7 @@ from wsproto.events import (
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
-from ._guard import LogLimiter, TransportStats, accept_forever, guarded
+from ._guard import LogLimiter, TransportStats, accept_forever, guarded, serve_accepted
 from .base import Peer, TransportHandler, TransportName, next_connection_id
 from .limits import ConnectionSlot, ConnectionTable
 
@@ -233,7 +233,9 @@ class WsTransport:
                 self._tg = tg
 
                 def spawn(stream: SocketStream) -> None:
-                    tg.start_soon(self._guarded_accept, stream)
+                    tg.start_soon(
+                        serve_accepted, stream, self._accept, self.name, self.stats, self._log
+                    )
 
                 def exhausted() -> bool:
                     return self.connections.evict_idle("out of file descriptors")
@@ -382,19 +384,6 @@ class WsTransport:
                     )
 
     # -- accepting -------------------------------------------------------------
-
-    async def _guarded_accept(self, raw: SocketStream) -> None:
-        """One accepted connection, from accept to close, under the guard."""
-        try:
-            await guarded(
-                lambda: self._accept(raw),
-                lambda: f"inbound {self.name} connection",
-                self.stats,
-                self._log,
-            )
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.aclose_forcefully(raw)
 
     async def _accept(self, raw: SocketStream) -> None:
         try:
