@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import anyio
 import anyio.lowlevel
 import pytest
+from helpers.inbox import Inbox
 
 from sdpbx.errors import SdpbxError, TransactionClosed
 from sdpbx.exchanges import IncomingRequest, TransactionTimedOut
@@ -53,26 +54,6 @@ class Challenger(RequestHandler):
             incoming.respond(200)
         except LocalProtocolError as exc:
             self.misuse.append(exc)
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[bytes] = []
-        self.arrived = anyio.Event()
-
-    def message_received(self, data: bytes, peer: Peer) -> None:
-        self.messages.append(data)
-        self.arrived.set()
-
-    def connection_lost(self, peer: Peer) -> None:
-        pass
-
-    async def wait_for(self, count: int) -> list[bytes]:
-        with anyio.fail_after(10):
-            while len(self.messages) < count:
-                self.arrived = anyio.Event()
-                await self.arrived.wait()
-        return self.messages
 
 
 @pytest.fixture

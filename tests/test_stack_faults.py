@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 import pytest
+from helpers.inbox import Inbox
 
 from sdpbx.exchanges import IncomingRequest
 from sdpbx.sip import parse_message
@@ -57,26 +58,6 @@ class Faulty(RequestHandler):
         if method == "MESSAGE":
             _ = incoming.request.to, incoming.request.cseq
         await super().handle_request(incoming)
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[bytes] = []
-        self.arrived = anyio.Event()
-
-    def message_received(self, data: bytes, peer: Peer) -> None:
-        self.messages.append(data)
-        self.arrived.set()
-
-    def connection_lost(self, peer: Peer) -> None:
-        pass
-
-    async def wait_for(self, count: int) -> list[bytes]:
-        with anyio.fail_after(10):
-            while len(self.messages) < count:
-                self.arrived = anyio.Event()
-                await self.arrived.wait()
-        return self.messages
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 import pytest
+from helpers.inbox import Inbox
 
 from sdpbx.errors import TransactionClosed
 from sdpbx.exchanges import IncomingRequest
@@ -55,26 +56,6 @@ class Recorder(RequestHandler):
             incoming.respond(486)
         else:
             await super().handle_request(incoming)
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[bytes] = []
-        self.arrived = anyio.Event()
-
-    def message_received(self, data: bytes, peer: Peer) -> None:
-        self.messages.append(data)
-        self.arrived.set()
-
-    def connection_lost(self, peer: Peer) -> None:
-        pass
-
-    async def wait_for(self, count: int) -> list[bytes]:
-        with anyio.fail_after(10):
-            while len(self.messages) < count:
-                self.arrived = anyio.Event()
-                await self.arrived.wait()
-        return self.messages
 
 
 @pytest.fixture
