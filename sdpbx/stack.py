@@ -63,6 +63,7 @@ from .sip import (
     parse_message,
     split_commas,
 )
+from .sip.fields import clear_caches
 from .sip.transaction import (
     AckForInvite,
     ClientTransaction,
@@ -99,6 +100,10 @@ _CORE_WORKERS = 16
 _MESSAGE_FRAMED = frozenset({"WS", "WSS"})
 _RETIRE_CHECK = 5.0
 _TRIM_AFTER_RETIRING = 100
+#: After this many messages, a check interval with fewer than _QUIET messages
+#: and live transactions is the end of a surge: memos cleared, heap trimmed.
+_TRIM_AFTER_MESSAGES = 5_000
+_QUIET = 100
 
 _COMPLETED = TransactionState.COMPLETED
 _CONFIRMED = TransactionState.CONFIRMED
@@ -467,12 +472,25 @@ class SipStack:
         """Every few seconds, end the workers a quiet stack does not need.
 
         Workers idle through a whole check beyond ``_CORE_WORKERS`` are sent a
-        ``None`` each; once a large surplus is gone the freed heap is handed
-        back to the system (one ``gc.collect()`` and ``malloc_trim``).
+        ``None`` each; once a large surplus is gone, or a surge of messages has
+        ended and its transactions with it, the parser's memos are cleared and
+        the freed heap is handed back to the system (one ``gc.collect()`` and
+        ``malloc_trim``).
         """
         low_water = self._idle
+        seen = since_trim = 0
         while True:
             await anyio.sleep(self.retire_check)
+            stats = self.stats
+            total = stats.requests_received + stats.responses_received + stats.parse_errors
+            recent, seen = total - seen, total
+            since_trim += recent
+            if since_trim >= _TRIM_AFTER_MESSAGES and recent < _QUIET and len(self.layer) < _QUIET:
+                # A surge ended and its transactions are gone: the memo entries
+                # made during it pin the allocator's arenas it used; let them go.
+                since_trim = 0
+                clear_caches()
+                release_free_memory()
             # Only workers that stayed idle for the whole interval are surplus.
             low_water, surplus = self._idle, min(low_water, self._idle) - _CORE_WORKERS
             if surplus <= 0 or self._queued:
