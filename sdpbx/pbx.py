@@ -47,6 +47,7 @@ from .transport import (
     WsTransport,
     raise_open_file_limit,
 )
+from .transport.limits import pin_mmap_threshold
 from .trunk_registration import TrunkRegistration, trunk_registration_from_config
 from .users import ChainUserBackend, UserBackend, user_backend_from_config
 from .webhooks import LocatorWebhook, http_router_from_config, locator_webhook_from_config
@@ -172,6 +173,7 @@ class Pbx:
             client = httpx.AsyncClient()
             exits.push_async_callback(client.aclose)
             users = self._users(client)
+            pin_mmap_threshold()  # large read buffers are mmap()ed and given back
             # Every connection is a descriptor: lift the soft limit (often 1024).
             files = raise_open_file_limit()
             if 0 <= files < proxy_cfg.max_connections + _SPARE_FILES:

@@ -396,3 +396,12 @@ def test_ipv6_sources_are_counted_by_64_prefix() -> None:
     assert table.source_count("2001:db8:0:2::1") == 1
     assert closed == ["2001:db8:0:1::a"]
     assert stats.connections_evicted == 1
+
+
+def test_the_mmap_threshold_can_be_pinned_on_glibc() -> None:
+    """Debian's glibc takes the setting; elsewhere the call is a harmless False."""
+    import platform
+
+    from sdpbx.transport.limits import pin_mmap_threshold
+
+    assert pin_mmap_threshold() is (platform.libc_ver()[0] == "glibc")

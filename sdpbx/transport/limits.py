@@ -373,6 +373,29 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
 
 _malloc_trim = _load_malloc_trim()
 
+#: glibc's mallopt() parameter for the size from which blocks are mmap()ed.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 128 * 1024
+
+
+def pin_mmap_threshold() -> bool:
+    """Keep large buffers out of the heap for good (glibc only; ``True`` if set).
+
+    glibc raises its mmap threshold each time an mmap()ed block is freed, so
+    after the first 256 KB socket read buffer (asyncio's stream reads) such
+    buffers come from the heap, are shrunk to the bytes read, and leave holes
+    that pin the heap's pages: RSS that a flood of TCP messages pushed up never
+    came down (163 MB after 100,000 fuzzed messages, 118 MB with the threshold
+    pinned). Setting it once at startup turns the adjustment off.
+    """
+    try:
+        name = ctypes.util.find_library("c")
+        if name is None:
+            return False
+        return bool(ctypes.CDLL(name).mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
 
 def release_free_memory() -> None:
     """Return freed heap pages to the system (glibc only; a no-op elsewhere).

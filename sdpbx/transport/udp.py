@@ -177,7 +177,12 @@ class UdpTransport:
         address = sock.getsockname()
         self._bound = (address[0], address[1])
         task_status.started()
-        recvfrom = sock.recvfrom
+        # One buffer for every datagram: recvfrom(65535) would malloc 64 KB per
+        # datagram and shrink it, fragmenting the heap under a flood (RSS that
+        # never came back); recvfrom_into copies out only the bytes received.
+        buffer = bytearray(_MAX_DATAGRAM)
+        view = memoryview(buffer)
+        recvfrom_into = sock.recvfrom_into
         message_received = handler.message_received
         bound = self._bound
         stats = self.stats
@@ -188,7 +193,8 @@ class UdpTransport:
                 return  # closed while a follow-up drain was scheduled
             for _ in range(_BATCH):
                 try:
-                    data, addr = recvfrom(_MAX_DATAGRAM)
+                    size, addr = recvfrom_into(buffer)
+                    data = view[:size].tobytes()
                 except BlockingIOError:
                     return
                 except OSError as exc:
