@@ -81,7 +81,11 @@ async def sipp_register(
 
 
 async def test_sipp_10000_digest_registrations(sipp: str, shared_dir: Path, tmp_path: Path) -> None:
-    """10,000 distinct AoRs at 1000/s, each challenged then registered: none may fail.
+    """10,000 distinct AoRs at 500/s, each challenged then registered: none may fail.
+
+    The rate stays well below what the registrar sustains (benchmarks/bench_register.py
+    measures that): a test asserts behaviour, and SIPp counts a retransmission's second
+    401 as a failed call, so a rate at the machine's edge would time the machine.
 
     SIPp 3.6 answers MD5 challenges only and reads the first one offered, so
     this registrar offers MD5 alone (the default offers SHA-256 first).
@@ -92,7 +96,7 @@ async def test_sipp_10000_digest_registrations(sipp: str, shared_dir: Path, tmp_
     assert auth is not None
     async with serving(registrar) as port:
         result = await sipp_register(
-            sipp, scenario, port, tmp_path, password="secret", calls=10_000, rate=1000
+            sipp, scenario, port, tmp_path, password="secret", calls=10_000, rate=500
         )
     assert result.returncode == 0, result.output[-3000:]
     assert result.successful == 10_000
