@@ -3,6 +3,7 @@ fed by a real MemoryLocator: the JSON, ordering per AoR, concurrency, retries, b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -540,7 +541,8 @@ class RawServer:
         self.answered = 0
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.sock.getsockname()[1])
-        self.thread = threading.Thread(target=self._serve)
+        # A daemon, so a test that fails before stop() cannot keep pytest from exiting.
+        self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
     def _serve(self) -> None:
@@ -563,8 +565,13 @@ class RawServer:
                     self.answered += 1
 
     def stop(self) -> None:
+        # close() alone does not wake a thread blocked in accept() on Linux;
+        # shutdown() does (accept() fails with EINVAL).
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
         self.thread.join(10)
+        assert not self.thread.is_alive()
 
 
 @pytest.mark.parametrize("per_connection", [1, 2, 10])

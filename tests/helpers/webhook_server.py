@@ -111,7 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def start_server(path: str, *, port: int = 0, protocol: str = "HTTP/1.0") -> WebhookServer:
     srv = WebhookServer(path, port=port, protocol=protocol)
-    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}).start()
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return srv
 
 
