@@ -26,14 +26,10 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
+from sdpbx._memory import release_free_memory
 from sdpbx.stack import SipStack
 from sdpbx.transport import TcpTransport, WsTransport
-from sdpbx.transport.limits import (
-    ConnectionLimits,
-    ConnectionTable,
-    raise_open_file_limit,
-    release_free_memory,
-)
+from sdpbx.transport.limits import ConnectionLimits, ConnectionTable, raise_open_file_limit
 
 # The client: open N connections (WS: complete the upgrade), report, wait, close.
 CLIENT = r"""

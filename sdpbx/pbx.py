@@ -27,6 +27,7 @@ import anyio
 import httpx
 from anyio.abc import TaskStatus
 
+from ._memory import pin_mmap_threshold
 from ._version import __version__
 from .authn import Authenticator
 from .config import Config
@@ -47,7 +48,6 @@ from .transport import (
     WsTransport,
     raise_open_file_limit,
 )
-from .transport.limits import pin_mmap_threshold
 from .trunk_registration import TrunkRegistration, trunk_registration_from_config
 from .users import ChainUserBackend, UserBackend, user_backend_from_config
 from .webhooks import LocatorWebhook, http_router_from_config, locator_webhook_from_config

@@ -48,6 +48,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from attrs import define
 
+from ._memory import release_free_memory
 from ._ratelog import LogLimiter
 from ._stack_errors import error_response, first_line, safe_first_line
 from ._stack_timer import StackTimer, TimerClient
@@ -79,7 +80,6 @@ from .sip.transaction import (
 )
 from .sip.uri import format_host
 from .transport.base import Peer, Transport
-from .transport.limits import release_free_memory
 
 __all__ = [
     "ClientRequest",

@@ -402,6 +402,6 @@ def test_the_mmap_threshold_can_be_pinned_on_glibc() -> None:
     """Debian's glibc takes the setting; elsewhere the call is a harmless False."""
     import platform
 
-    from sdpbx.transport.limits import pin_mmap_threshold
+    from sdpbx._memory import pin_mmap_threshold
 
     assert pin_mmap_threshold() is (platform.libc_ver()[0] == "glibc")
