@@ -16,11 +16,21 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import SocketListener, SocketStream
+from anyio import TypedAttributeLookupError
+from anyio.abc import SocketAttribute, SocketListener, SocketStream
 
 from .._ratelog import LogLimiter
 
-__all__ = ["LogLimiter", "TransportStats", "accept_forever", "guarded", "serve_accepted"]
+__all__ = [
+    "MAPPED_PREFIX",
+    "LogLimiter",
+    "TransportStats",
+    "accept_forever",
+    "guarded",
+    "remote_of",
+    "serve_accepted",
+    "unmapped",
+]
 
 # Errors of accept() meaning "no resources right now": wait, do not spin.
 _EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -71,6 +81,25 @@ async def guarded(
     except Exception as exc:
         stats.connection_errors += 1
         log.warning("closing %s after an unexpected error: %r", describe(), exc, exc=exc)
+
+
+#: How a dual-stack socket shows an IPv4 peer.
+MAPPED_PREFIX = "::ffff:"
+
+
+def unmapped(host: str) -> str:
+    """An IPv4-mapped IPv6 address as the IPv4 address it maps."""
+    return host[len(MAPPED_PREFIX) :] if host.startswith(MAPPED_PREFIX) else host
+
+
+def remote_of(raw: SocketStream) -> tuple[str, int] | None:
+    """An accepted connection's peer, or None when it reset before we looked
+    (getpeername: ENOTCONN), which port scanners and NAT timeouts do."""
+    try:
+        remote = raw.extra(SocketAttribute.remote_address)
+    except (TypedAttributeLookupError, OSError):
+        return None
+    return unmapped(str(remote[0])), int(remote[1])
 
 
 async def serve_accepted(

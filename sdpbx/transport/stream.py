@@ -29,7 +29,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio
-from anyio import TypedAttributeLookupError
 from anyio.abc import (
     ByteStream,
     SocketAttribute,
@@ -42,7 +41,15 @@ from anyio.streams.tls import TLSStream
 
 from ..sip.errors import SipParseError
 from ..sip.framing import StreamFramer
-from ._guard import LogLimiter, TransportStats, accept_forever, guarded, serve_accepted
+from ._guard import (
+    LogLimiter,
+    TransportStats,
+    accept_forever,
+    guarded,
+    remote_of,
+    serve_accepted,
+    unmapped,
+)
 from .base import Peer, TransportHandler, TransportName, next_connection_id
 from .limits import ConnectionSlot, ConnectionTable
 
@@ -51,15 +58,10 @@ __all__ = ["TcpTransport", "TlsTransport"]
 logger = logging.getLogger(__name__)
 
 _PONG = b"\r\n"
-_MAPPED_PREFIX = "::ffff:"
 # Most bytes joined into one write when several messages are queued.
 _WRITE_BATCH = 64 * 1024
 # Stream errors that simply mean "this connection is gone".
 _GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
-
-
-def _normal_host(host: str) -> str:
-    return host[len(_MAPPED_PREFIX) :] if host.startswith(_MAPPED_PREFIX) else host
 
 
 class _SerialSendStream(ByteStream):
@@ -221,7 +223,7 @@ class _StreamTransport:
             listener for listener in multi.listeners if isinstance(listener, SocketListener)
         ]
         address = listeners[0].extra(SocketAttribute.local_address)
-        self._bound = (_normal_host(str(address[0])), int(address[1]))
+        self._bound = (unmapped(str(address[0])), int(address[1]))
         try:
             async with multi, anyio.create_task_group() as tg:
                 self._task_group = tg
@@ -246,13 +248,11 @@ class _StreamTransport:
         await accept_forever(listener, spawn, self.name, self.stats, self._accept_log, exhausted)
 
     async def _serve_inbound(self, raw: SocketStream) -> None:
-        try:
-            remote = raw.extra(SocketAttribute.remote_address)
-        except (TypedAttributeLookupError, OSError):
-            # The peer reset before we looked (getpeername: ENOTCONN).
+        remote = remote_of(raw)
+        if remote is None:
             logger.debug("%s connection gone before it was served", self.name)
             return
-        host, port = _normal_host(str(remote[0])), int(remote[1])
+        host, port = remote
         # Cancelled when the connection table evicts this connection.
         scope = anyio.CancelScope()
         slot = self.connections.admit(host, scope.cancel, self.stats, name=self.name)
@@ -444,7 +444,7 @@ class _StreamTransport:
             conn = self._by_id.get(peer.connection_id)
             if conn is not None:
                 return conn
-        return self._by_address.get((_normal_host(peer.host), peer.port))
+        return self._by_address.get((unmapped(peer.host), peer.port))
 
     def send_nowait(self, data: bytes, peer: Peer) -> bool:
         """Queue on an open connection; ``False`` if none is open or its queue is full."""
@@ -493,7 +493,7 @@ class _StreamTransport:
         tg = self._task_group
         if tg is None:
             raise OSError(f"{self.name} transport is not serving")
-        host = _normal_host(peer.host)
+        host = unmapped(peer.host)
         key = (host, peer.port)
         # One connect per address at a time; concurrent senders wait and reuse it.
         lock = self._connecting.setdefault(key, anyio.Lock())

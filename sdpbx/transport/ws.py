@@ -30,7 +30,6 @@ import math
 import ssl
 
 import anyio
-from anyio import TypedAttributeLookupError
 from anyio.abc import (
     ByteStream,
     SocketAttribute,
@@ -57,7 +56,7 @@ from wsproto.events import (
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
-from ._guard import LogLimiter, TransportStats, accept_forever, guarded, serve_accepted
+from ._guard import LogLimiter, TransportStats, accept_forever, guarded, remote_of, serve_accepted
 from .base import Peer, TransportHandler, TransportName, next_connection_id
 from .limits import ConnectionSlot, ConnectionTable
 
@@ -67,8 +66,6 @@ logger = logging.getLogger(__name__)
 
 SUBPROTOCOL = "sip"
 _READ_SIZE = 65536
-# IPv4 clients of a dual-stack ("::") listener appear as ::ffff:a.b.c.d.
-_MAPPED_PREFIX = "::ffff:"
 # What a socket read or write raises once the peer has gone.
 _GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 # Connection ids are unique per process, not per transport, so a stack holding
@@ -386,12 +383,11 @@ class WsTransport:
     # -- accepting -------------------------------------------------------------
 
     async def _accept(self, raw: SocketStream) -> None:
-        try:
-            remote = raw.extra(SocketAttribute.remote_address)
-        except (TypedAttributeLookupError, OSError):
+        remote = remote_of(raw)
+        if remote is None:
             logger.debug("%s connection gone before it was served", self.name)
             return
-        host = str(remote[0]).removeprefix(_MAPPED_PREFIX) if "." in remote[0] else str(remote[0])
+        host, port = remote
         # Cancelled when the connection table evicts this connection.
         scope = anyio.CancelScope()
         slot = self.connections.admit(host, scope.cancel, self.stats, name=self.name)
@@ -399,7 +395,7 @@ class WsTransport:
             return  # refused at the cap: the caller closes the socket now
         try:
             with scope:
-                await self._accept_admitted(raw, host, int(remote[1]), slot)
+                await self._accept_admitted(raw, host, port, slot)
         finally:
             # Socket closed before the slot goes, so the table never counts
             # fewer descriptors than are held.
