@@ -485,26 +485,29 @@ class SipStack:
             total = stats.requests_received + stats.responses_received + stats.parse_errors
             recent, seen = total - seen, total
             since_trim += recent
+            trim = False
             if since_trim >= _TRIM_AFTER_MESSAGES and recent < _QUIET and len(self.layer) < _QUIET:
                 # A surge ended and its transactions are gone: the memo entries
                 # made during it pin the allocator's arenas it used; let them go.
                 since_trim = 0
                 clear_caches()
-                release_free_memory()
+                trim = True
             # Only workers that stayed idle for the whole interval are surplus.
             low_water, surplus = self._idle, min(low_water, self._idle) - _CORE_WORKERS
-            if surplus <= 0 or self._queued:
-                continue
-            retired = 0
-            for _ in range(surplus):
-                try:
-                    self._work_send.send_nowait(None)
-                except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    break
-                retired += 1
-            if retired >= _TRIM_AFTER_RETIRING:
+            if surplus > 0 and not self._queued and self._retire(surplus) >= _TRIM_AFTER_RETIRING:
                 await anyio.sleep(0.1)  # let them end before the heap is trimmed
+                trim = True
+            if trim:
                 release_free_memory()
+
+    def _retire(self, count: int) -> int:
+        """Ask ``count`` idle workers to end; how many were asked."""
+        for retired in range(count):
+            try:
+                self._work_send.send_nowait(None)
+            except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return retired
+        return count
 
     async def _run_handler(self, incoming: IncomingRequest) -> None:
         """The boundary of one request: whatever the handler does, the worker survives."""
