@@ -138,6 +138,16 @@ class IncomingRequest:
         if self.transaction is not None and not self.answered:
             self._stack.abandon(self.transaction)
 
+    def discard(self) -> None:
+        """Never answer and keep nothing: a retransmission is a new request.
+
+        For a refusal that is cheap to decide again (a blocked source, a known
+        scanner): unlike :meth:`drop`, no transaction waits 64*T1 to absorb
+        retransmissions, so a flood from a blocked source costs no memory.
+        """
+        if self.transaction is not None and not self.answered:
+            self._stack.forget(self.transaction)
+
     def send(self, response: Response) -> None:
         if self.transaction is None:
             raise RuntimeError("an ACK cannot be answered")

@@ -201,11 +201,11 @@ class Proxy(RequestHandler):
         if not self.allowed(incoming.peer.host):
             self.stats.acl_denied += 1
             log.info("ACL denied %s from %s", method, incoming.peer.address)
-            incoming.drop()
+            incoming.discard()  # judged again, as cheaply, if retransmitted
             return
         if method == "REGISTER":
             if self.registrar is None:
-                incoming.respond(405, headers=[("Allow", ALLOWED_METHODS)])
+                incoming.respond_stateless(405, headers=[("Allow", ALLOWED_METHODS)])
             else:
                 await self.registrar.handle(incoming)
             return
@@ -224,11 +224,12 @@ class Proxy(RequestHandler):
         elif method == "OPTIONS":
             await super().handle_request(incoming)
         elif method in _IMPLEMENTED:
-            # RFC 3261 §8.2.1: a method we handle, but not outside a dialog.
-            incoming.respond(405, headers=[("Allow", ALLOWED_METHODS)])
+            # RFC 3261 §8.2.1: a method we handle, but not outside a dialog. Like every
+            # answer that is cheap to give again, sent statelessly (no Timer J state).
+            incoming.respond_stateless(405, headers=[("Allow", ALLOWED_METHODS)])
         else:
             # §21.5.2: REFER, SUBSCRIBE, PRACK or FOO are supported for no one here.
-            incoming.respond(501, headers=[("Allow", ALLOWED_METHODS)])
+            incoming.respond_stateless(501, headers=[("Allow", ALLOWED_METHODS)])
 
     def connection_lost(self, peer: Peer) -> None:
         if self.registrar is not None:

@@ -134,7 +134,9 @@ class RequestHandler:
     """The transaction user: override :meth:`handle_request`.
 
     The default answers OPTIONS with 200 and everything else with 501, which is
-    what a bare stack should say.
+    what a bare stack should say. Both are sent statelessly, as Kamailio's
+    ``options_reply`` does: a retransmission gets the same answer again, and a
+    flood of keep-alive pings holds no transaction for Timer J.
     """
 
     async def handle_request(self, incoming: IncomingRequest) -> None:
@@ -142,12 +144,12 @@ class RequestHandler:
         if request.method == "ACK":
             return
         if request.method == "OPTIONS":
-            incoming.respond(
+            incoming.respond_stateless(
                 200,
                 headers=[("Allow", ALLOWED_METHODS), ("Accept", "application/sdp")],
             )
         else:
-            incoming.respond(501)
+            incoming.respond_stateless(501)
 
     def connection_lost(self, peer: Peer) -> None:
         """A stream connection closed (registrars drop its bindings)."""
@@ -277,6 +279,10 @@ class SipStack:
         """Send one final response and forget the transaction (see IncomingRequest)."""
         self.layer.respond_stateless(transaction, response)
         self._flush()
+
+    def forget(self, transaction: ServerTransaction) -> None:
+        """Leave a request unanswered and keep nothing (see IncomingRequest.discard)."""
+        self.layer.forget(transaction)
 
     def abandon(self, transaction: ServerTransaction) -> None:
         """Leave a request unanswered for good (spam): retransmissions are absorbed."""

@@ -22,7 +22,8 @@ from sdpbx.authn import Authenticator
 from sdpbx.proxy import Proxy
 from sdpbx.routing import RouteDecision, RouteRequest
 from sdpbx.sip import Response, parse_message
-from sdpbx.sip.auth import NonceManager
+from sdpbx.sip.auth import DigestChallenge, NonceManager, build_authorization
+from sdpbx.sip.throttle import FailureThrottle
 from sdpbx.stack import SipStack
 from sdpbx.testing import FakeClock
 from sdpbx.transport import UdpTransport
@@ -118,6 +119,51 @@ async def test_an_unauthenticated_invite_costs_one_packet() -> None:
     )
     assert auth.stats.challenges == invites
     assert proxy.stats.invites == invites
+    assert len(proxy.calls) == 0
+
+
+async def test_wrong_passwords_and_a_blocked_source_keep_no_state() -> None:
+    """Issue 13 item 8: a guesser's requests must cost no memory. Wrong passwords are
+    re-challenged, the fifth blocks the (source, user) pair with one 403, and everything
+    after that is dropped unanswered -- all without a transaction left to wait out 64*T1
+    (20,000 such REGISTERs held ~25 MB for 32 s when the drops were absorbed)."""
+    clock = FakeClock()
+    auth = Authenticator(
+        MemoryUserBackend([SipUser("1001", password="secret")]),
+        realm_for="127.0.0.1",
+        nonces=NonceManager(b"proxy-wire-test-secret-000000000"),
+        throttle=FailureThrottle(limit=5),
+    )
+    guesses = 40
+    async with (
+        running(clock, authenticator=auth) as (proxy, port),
+        await anyio.create_udp_socket(local_host="127.0.0.1") as sock,
+    ):
+        local = sock.extra(SocketAttribute.local_port)
+        await sock.sendto(request("INVITE", port, local, 0), "127.0.0.1", port)
+        with anyio.fail_after(10):
+            first = parse_message((await sock.receive())[0])
+        assert isinstance(first, Response) and first.status == 407
+        challenge = DigestChallenge.parse(first.headers.get("Proxy-Authenticate") or "")
+        uri = f"sip:1002@127.0.0.1:{port}"
+        for n in range(1, guesses + 1):
+            credentials = build_authorization(
+                challenge, username="1001", password="guess", method="INVITE", uri=uri, nc=n
+            )
+            data = request("INVITE", port, local, n).replace(
+                b"Max-Forwards",
+                f"Proxy-Authorization: {credentials.to_header_value()}\r\n".encode()
+                + b"Max-Forwards",
+            )
+            await sock.sendto(data, "127.0.0.1", port)
+        answers = await responses_until_options(sock, port, local)
+        # No timer has run: whatever is still stored would be waiting for one.
+        assert len(proxy.stack.layer) == 0
+        expire(proxy, clock)
+        assert await responses_until_options(sock, port, local) == []
+    statuses = [r.status for r in answers]
+    assert statuses == [407] * (5 - 1) + [403]
+    assert auth.stats.drops == guesses - 5
     assert len(proxy.calls) == 0
 
 
