@@ -13,7 +13,12 @@ flood's timers have run out (``--settle`` seconds, default 40: Timer J and
 - ``options-10k``: 10 KB OPTIONS from 200 source addresses (Timer J state);
 - ``bad-ruri-10k``: 10 KB requests whose Request-URI does not parse.
 
+With ``--repeat N`` each flood runs N times in a row: the allocator keeps
+some of the first flood's high-water mark (see docs/reliability.md), memory
+that is not bounded would grow with every repeat.
+
 Run: .venv/bin/python benchmarks/bench_floods.py [--count 20000] [--settle 40] [--warm 500]
+         [--only NAME] [--repeat N]
 """
 
 from __future__ import annotations
@@ -250,6 +255,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, help="datagrams/s for every flood")
     parser.add_argument("--only", help="run only this flood")
     parser.add_argument(
+        "--repeat", type=int, default=1, help="run each flood N times (does RSS keep growing?)"
+    )
+    parser.add_argument(
         "--warm", type=int, default=0, help="first send this many of each flood at 200/s"
     )
     args = parser.parse_args()
@@ -276,9 +284,13 @@ def main() -> None:
                 f"{'vs idle':>8} {'pkts/req':>9} {'bytes x':>8}"
             )
             nonce = nonce_of(server.port)
-            for name, make, sources, rate in floods(args.count, nonce):
-                if args.only and name != args.only:
-                    continue
+            runs = [
+                flood_args
+                for flood_args in floods(args.count, nonce)
+                for _ in range(args.repeat)
+                if not args.only or flood_args[0] == args.only
+            ]
+            for name, make, sources, rate in runs:
                 rate = args.rate or rate
                 count = args.count // 4 if name == "invite-no-ack" else args.count
                 r = flood(server, name, count, make, sources, args.settle, rate)
