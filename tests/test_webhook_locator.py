@@ -26,12 +26,6 @@ from sdpbx.webhooks.locator import LocatorWebhookStats
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    # trio: receiver_down_then_up, events_older_than_max_age, keepalive_transport hung to 120 s
-    return "asyncio"
-
-
 T0 = 1_700_000_000.25
 #: Retries in these tests come quickly; the defaults (0.5 s doubling to 30 s) are for real life.
 FAST_RETRY: dict[str, Any] = {"retry_initial": 0.02, "retry_max": 0.1}
