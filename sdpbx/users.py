@@ -18,7 +18,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -131,6 +131,20 @@ class MemoryUserBackend:
         self._users: dict[tuple[str, str | None], SipUser] = {}
         for user in users:
             self.add(user)
+
+    @classmethod
+    def from_passwords(
+        cls, passwords: Mapping[str, str], *, realm: str | None = None
+    ) -> MemoryUserBackend:
+        """Users from a ``{username: password}`` dict, the usual start of a small PBX::
+
+            users = MemoryUserBackend.from_passwords({"1001": "secret", "1002": "secret"})
+
+        ``realm`` binds every user to that realm; without it they answer in every
+        realm the proxy serves. For display names, HA1s or disabled users build
+        :class:`SipUser` values and pass them to the constructor.
+        """
+        return cls(SipUser(name, password, realm=realm) for name, password in passwords.items())
 
     def add(self, user: SipUser) -> None:
         """Add or replace a user; takes effect on the next lookup."""
