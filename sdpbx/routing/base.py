@@ -34,7 +34,7 @@ from ..sip.errors import SipParseError
 from ..sip.fields import NameAddr
 from ..sip.headers import canonical_key, pretty_name
 from ..sip.message import Request
-from ..sip.uri import SipUri, parse_uri
+from ..sip.uri import SipUri, TelUri, parse_uri
 
 __all__ = [
     "SDPBX_ONLY",
@@ -141,6 +141,25 @@ class RouteRequest:
         """The JSON object POSTed to an HTTP router."""
         return cast("dict[str, Any]", unstructure_json(self))
 
+    @property
+    def callee_user(self) -> str | None:
+        """Who is called: the user part of the Request-URI, else of the To URI.
+
+        The Request-URI comes first because it is where the caller asked the call
+        to go (the static routes' own lookup does the same); the To URI stands in
+        when the Request-URI has no user (``sip:pbx.example.com``). The value is
+        unescaped (``%23`` reads ``#``), a ``tel:`` URI gives its number, and
+        ``None`` means neither URI has a user (or neither could be read), so a
+        router compares it with ``==`` and needs no URI parsing of its own.
+        """
+        user = _uri_user(self.uri)
+        return user if user is not None else _uri_user(self.to)
+
+    @property
+    def caller_user(self) -> str | None:
+        """Who calls: the user part of the From URI, unescaped; ``None`` if it has none."""
+        return _uri_user(self.from_)
+
     def header(self, name: str) -> str | None:
         """The value of header ``name``, whatever its spelling (``x-foo`` finds ``X-Foo``)."""
         value = self.headers.get(name)
@@ -151,6 +170,21 @@ class RouteRequest:
             if canonical_key(other) == key:
                 return value
         return None
+
+
+def _uri_user(text: str) -> str | None:
+    """The user of a URI (bare, or ``<>``-wrapped as a web service may send it)."""
+    if not text:
+        return None
+    try:
+        uri = NameAddr.parse(text).uri
+    except SipParseError:
+        return None
+    if isinstance(uri, SipUri):
+        return uri.user_unescaped
+    if isinstance(uri, TelUri):
+        return uri.number
+    return None
 
 
 # -- the answer --------------------------------------------------------------------------------
