@@ -60,6 +60,7 @@ import anyio
 from attrs import define, frozen
 
 from .sip.auth import (
+    DEFAULT_ALGORITHMS,
     AuthResult,
     DigestCredentials,
     DigestServer,
@@ -193,7 +194,7 @@ class Authenticator:
         throttle: FailureThrottle | None = None,
         backend_timeout: float = 5.0,
         check_username: bool = True,
-        algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
+        algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS,
         allow_qop_less: bool = False,
         strict_digest_uri: bool = False,
         max_lookups_per_source: int = 64,
@@ -272,7 +273,7 @@ class Authenticator:
         stale: bool = False,
         algorithms: tuple[str, ...] | None = None,
     ) -> Challenge:
-        """A fresh challenge for ``request`` (SHA-256 first, then MD5)."""
+        """A fresh challenge for ``request``: one header per offered algorithm."""
         self.stats.challenges += 1
         challenges = self.digest.challenges(
             self.realm(request), self.clock(), stale, algorithms=algorithms

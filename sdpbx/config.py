@@ -53,6 +53,7 @@ from sdpbx._config_checks import (
     parse_acl_rule,
 )
 from sdpbx.errors import ConfigError
+from sdpbx.sip.auth import DEFAULT_ALGORITHMS
 
 __all__ = [
     "ROUTE_MATCH_KEYS",
@@ -323,10 +324,10 @@ class ProxyConfig(_Checked):
     #: Compare the digest uri with the Request-URI strictly (equivalent URIs
     #: only, no bare host:port form).
     auth_strict_digest_uri: bool = False
-    # MD5 first by default: many deployed clients (SIPp 3.6, baresip 1.0,
-    # older desk phones) read only the first challenge and speak only MD5.
+    #: Digest challenges offered, in order. MD5 alone by default, the same as
+    #: :class:`~sdpbx.authn.Authenticator` (see :data:`sdpbx.sip.auth.DEFAULT_ALGORITHMS`).
     auth_algorithms: tuple[str, ...] = field(
-        default=("MD5", "SHA-256"), metadata=_check(_algorithms_check)
+        default=DEFAULT_ALGORITHMS, metadata=_check(_algorithms_check)
     )
     #: TCP, TLS and WebSocket connections together; at the cap the connection
     #: idle longest (one that never sent SIP first) is closed for a newcomer.

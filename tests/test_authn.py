@@ -37,6 +37,7 @@ pytestmark = pytest.mark.anyio
 REALM = "example.com"
 PEER = Peer("UDP", "127.0.0.1", 5099)
 SECRET = b"0123456789abcdef0123456789abcdef"
+BOTH = ("SHA-256", "MD5")
 
 
 class Clock:
@@ -79,6 +80,8 @@ def make(
     **kwargs: object,
 ) -> Authenticator:
     backend = MemoryUserBackend(users if users is not None else [SipUser("alice", "s3cret")])
+    # These tests walk SHA-256 and MD5 flows alike; the default (MD5 alone) has its own test.
+    kwargs.setdefault("algorithms", BOTH)
     return Authenticator(
         backend,
         realm_for=REALM,
@@ -112,9 +115,33 @@ def answer(
     return creds.to_header_value()
 
 
-async def first_challenge(auth: Authenticator, algorithm: str = "SHA-256") -> DigestChallenge:
+async def first_challenge(auth: Authenticator, algorithm: str | None = None) -> DigestChallenge:
+    """The challenge for ``algorithm``, or the first one offered."""
     found = challenges_of(await auth.authenticate(register(), PEER, proxy=False))
-    return next(c for c in found if c.algorithm == algorithm)
+    return next(c for c in found if algorithm is None or c.algorithm == algorithm)
+
+
+async def test_default_challenge_is_md5_alone() -> None:
+    """Kamailio's and Asterisk's default: baresip 1.0 fails when SHA-256 is offered
+    at all, SIPp 3.6 and sipsak answer only the first challenge."""
+    auth = Authenticator(
+        MemoryUserBackend([SipUser("alice", "s3cret")]),
+        realm_for=REALM,
+        nonces=NonceManager(SECRET),
+        clock=Clock(),
+    )
+    found = challenges_of(await auth.authenticate(register(), PEER, proxy=False))
+    assert [c.algorithm for c in found] == ["MD5"]
+    outcome = await auth.authenticate(register(auth=(answer(found[0]),)), PEER, proxy=False)
+    assert isinstance(outcome, Authenticated)
+
+
+async def test_python_and_config_defaults_agree() -> None:
+    from_config = Authenticator.from_config(
+        ProxyConfig(), MemoryUserBackend([]), nonces=NonceManager(SECRET)
+    )
+    plain = Authenticator(MemoryUserBackend([]), realm_for=REALM, nonces=NonceManager(SECRET))
+    assert from_config.digest.algorithms == plain.digest.algorithms == ("MD5",)
 
 
 async def test_no_credentials_challenges_sha256_then_md5() -> None:

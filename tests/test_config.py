@@ -702,11 +702,13 @@ def test_lenient_json_ignores_unknown_keys() -> None:
 
 
 def test_auth_algorithms_default_and_validation() -> None:
-    """MD5 first by default (clients that read one challenge); bad names named."""
+    """MD5 alone by default (baresip 1.0 fails when SHA-256 is offered at all); bad names named."""
     from sdpbx.config import config_from_dict
     from sdpbx.errors import ConfigError
 
-    assert config_from_dict({}).proxy.auth_algorithms == ("MD5", "SHA-256")
+    assert config_from_dict({}).proxy.auth_algorithms == ("MD5",)
+    both = {"proxy": {"auth_algorithms": ["SHA-256", "MD5"]}}
+    assert config_from_dict(both).proxy.auth_algorithms == ("SHA-256", "MD5")
     with pytest.raises(ConfigError, match=r"proxy\.auth_algorithms\[1\]"):
         config_from_dict({"proxy": {"auth_algorithms": ["MD5", "SHA-1"]}})
 

@@ -454,6 +454,7 @@ def authenticator(
         backend,  # type: ignore[arg-type]
         realm_for=DOMAIN,
         nonces=NonceManager(SECRET),
+        algorithms=("SHA-256", "MD5"),  # both flows are tested; MD5 alone is the default
         **({"clock": clock} if clock else {}),
         **kwargs,  # type: ignore[arg-type]
     )
@@ -529,6 +530,7 @@ async def test_expired_nonce_is_stale_through_the_stack() -> None:
         realm_for=DOMAIN,
         nonces=NonceManager(SECRET, lifetime=5),
         clock=clock,
+        algorithms=("SHA-256", "MD5"),
     )
     registrar = Registrar(MemoryLocator(), auth, realms=(DOMAIN,), clock=clock)
     async with registrar_client(registrar) as (_, client):

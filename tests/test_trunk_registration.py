@@ -112,7 +112,10 @@ def make_carrier(
     max_expires: int = 7200,
 ) -> Carrier:
     users = MemoryUserBackend([SipUser("alice", password=password)])
-    authenticator = Authenticator(users, realm_for=realm, nonces=NonceManager(SECRET))
+    # SHA-256 offered first, so the registration shows it picks the stronger hash.
+    authenticator = Authenticator(
+        users, realm_for=realm, nonces=NonceManager(SECRET), algorithms=("SHA-256", "MD5")
+    )
     registrar = Registrar(
         MemoryLocator(),
         None if proxy else authenticator,

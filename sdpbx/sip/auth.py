@@ -1,9 +1,10 @@
 """HTTP Digest authentication for SIP, both sides, without I/O.
 
 SIP borrows Digest from HTTP (RFC 3261 §22); RFC 7616 adds SHA-256 and RFC 8760
-brings it back to SIP. A server sends several challenges, strongest first, and a
-client answers the first one it understands, so we offer SHA-256 and then MD5:
-old phones keep working while new ones never fall back.
+brings it back to SIP. A server may send several challenges, strongest first, for
+the client to answer the first one it understands; in practice many deployed
+clients answer only the first, or fail outright when one is SHA-256, so a server
+offers MD5 alone by default (:data:`DEFAULT_ALGORITHMS`) and SHA-256 when asked.
 
 Nonces are stateless: an HMAC over the issue time and a random salt. Any nonce we
 issued verifies without a table, survives a restart that keeps the secret, and
@@ -46,6 +47,7 @@ from .uri import SipUri, parse_uri, unescape
 
 __all__ = [
     "ALGORITHMS",
+    "DEFAULT_ALGORITHMS",
     "AuthResult",
     "DigestChallenge",
     "DigestCredentials",
@@ -82,6 +84,14 @@ _HASHES: dict[str, Callable[[bytes], Any]] = {
 
 #: Algorithms we implement, in order of preference (strongest first).
 ALGORITHMS: tuple[str, ...] = ("SHA-256", "SHA-256-sess", "MD5", "MD5-sess")
+
+#: What a server offers unless told otherwise: MD5 alone, as Kamailio and
+#: Asterisk do. Offering SHA-256 as well (RFC 8760) breaks deployed clients:
+#: baresip 1.0 (Debian) fails with "Function not implemented" when a SHA-256
+#: challenge is present at all, and SIPp 3.6 and sipsak answer only the first
+#: challenge and speak only MD5. Ask for SHA-256 explicitly (``algorithms=``,
+#: ``[proxy] auth_algorithms``) for a fleet that supports it.
+DEFAULT_ALGORITHMS: tuple[str, ...] = ("MD5",)
 
 _CANONICAL = {name.lower(): name for name in ALGORITHMS}
 
@@ -432,7 +442,7 @@ class DigestServer:
         self,
         nonces: NonceManager,
         *,
-        algorithms: Iterable[str] = ("SHA-256", "MD5"),
+        algorithms: Iterable[str] = DEFAULT_ALGORITHMS,
         qop_required: bool = True,
     ) -> None:
         self.nonces = nonces
@@ -449,7 +459,7 @@ class DigestServer:
         *,
         algorithms: Iterable[str] | None = None,
     ) -> list[DigestChallenge]:
-        """One challenge per algorithm, strongest first, sharing one fresh nonce.
+        """One challenge per configured algorithm, in that order, sharing one fresh nonce.
 
         Pass ``algorithms`` (e.g. ``secret.algorithms()``) to offer only what a
         known user's stored HA1 can verify.
