@@ -133,7 +133,100 @@ class Proxy(RequestHandler):
         router: Router | Callable[[RouteRequest], Awaitable[RouteDecision]],
         **kwargs: Any,
     ) -> Proxy:
-        """Assemble from objects; ``router`` may be a plain async function."""
+        """Assemble a proxy from objects; every keyword but ``router`` is optional.
+
+        Without a registrar the proxy answers REGISTER 405, and without an
+        authenticator it routes every INVITE unauthenticated: a Proxy is as open
+        as the parts it is given. The keywords:
+
+        ``router``
+            Where each new call goes: a :class:`~sdpbx.routing.Router`, or a plain
+            ``async def route(request: RouteRequest) -> RouteDecision``
+            (wrapped with :func:`~sdpbx.routing.as_router`).
+        ``registrar``
+            A :class:`~sdpbx.registrar.Registrar` that answers REGISTER. The proxy
+            runs its binding expiry on the stack's timer task, and drops the
+            bindings learned over a TCP/TLS/WS connection when it closes.
+        ``authenticator``
+            An :class:`~sdpbx.authn.Authenticator` that challenges each new INVITE
+            (407) before the router is asked. Usually the registrar's own, so a
+            phone calls with the password it registers with.
+        ``authenticate_invites``
+            ``False`` routes INVITEs without a challenge even when an
+            authenticator is given (REGISTER stays authenticated); default ``True``.
+        ``trunks``
+            ``{name: Trunk}``. An INVITE whose source address is in a
+            :class:`~sdpbx.routing.Trunk`'s ``networks`` is *inbound from that
+            trunk*: it is not challenged (a carrier has no password of ours) and
+            the CDR names the trunk. Calls sent to a trunk use its transport,
+            answer its 401/407 with its ``username``/``password`` and respect its
+            ``max_calls``/``max_cps``. Give the router the same trunks.
+        ``locator``
+            Where phones are found; defaults to the registrar's.
+        ``local_realms``
+            The domains this PBX serves; a callee elsewhere makes a call
+            ``outbound``. Empty (the default) means every domain is ours.
+        ``acl``
+            :class:`~sdpbx.config.AclRule` values, first match wins
+            (``parse_acl_rule("allow 10.0.0.0/8")``, ``parse_acl_rule("deny all")``);
+            a denied source is dropped unanswered. Empty means everyone.
+        ``media``
+            The :class:`~sdpbx.media.MediaBackend`; SDP passes through unchanged
+            by default (:class:`~sdpbx.media.PassthroughMedia`).
+        ``ring_timeout``
+            Seconds a forwarded call rings when the decision gives no ``timeout``
+            (60), then 408.
+        ``user_agent``
+            The ``User-Agent`` of the INVITEs sent to callees; ``None`` sends none.
+        ``clock``
+            Wall-clock seconds for call records and statistics.
+
+        Users from a dict, a registrar, an authenticator, and a carrier whose
+        calls from ``203.0.113.0/24`` reach the registered phones without a
+        password, while the phones (1001, 1002) call each other after a challenge:
+
+        .. code-block:: python
+
+            import os
+            from ipaddress import ip_network
+
+            import anyio
+
+            from sdpbx import Authenticator, MemoryLocator, MemoryUserBackend, Proxy, Registrar
+            from sdpbx.routing import StaticRouter, Trunk
+            from sdpbx.sip.auth import NonceManager
+            from sdpbx.stack import SipStack
+            from sdpbx.transport import UdpTransport
+
+            REALM = "pbx.example.com"
+
+            users = MemoryUserBackend.from_passwords({"1001": "secret", "1002": "secret"})
+            auth = Authenticator(users, realm_for=REALM, nonces=NonceManager(os.urandom(32)))
+            locator = MemoryLocator()
+            carrier = Trunk(
+                name="carrier", scheme="sip", host="203.0.113.5", port=5060,
+                networks=(ip_network("203.0.113.0/24"),),
+            )
+            trunks = {"carrier": carrier}
+
+            async def main() -> None:
+                proxy = Proxy.from_parts(
+                    SipStack([UdpTransport("127.0.0.1", 5060)]),
+                    router=StaticRouter([], trunks, locator=locator, local_realms=[REALM]),
+                    registrar=Registrar(locator, auth, realms=[REALM]),
+                    authenticator=auth,
+                    trunks=trunks,
+                    local_realms=[REALM],
+                )
+                async with anyio.create_task_group() as tg:
+                    await tg.start(proxy.serve)
+
+            anyio.run(main)
+
+        ``[[proxy.routes]]`` in the config file (or your own router before a
+        :class:`~sdpbx.routing.FallbackRouter`) send numbers out through the
+        carrier; :class:`~sdpbx.pbx.Pbx` builds this same assembly from a file.
+        """
         return cls(stack, as_router(router), **kwargs)
 
     # -- lifecycle ------------------------------------------------------------------
