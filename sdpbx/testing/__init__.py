@@ -4,6 +4,8 @@
 - :class:`~sdpbx.transport.MemoryNetwork` (re-exported) to connect stacks in memory;
 - :class:`AnsweringUas`, a user agent server that answers every call;
 - :class:`Phone`, a small user agent that registers, calls, answers and hangs up.
+  A phone is its stack's request handler, so each phone needs a stack of its own
+  (not the proxy's, not another phone's).
 """
 
 from ..transport.memory import MemoryNetwork, MemoryTransport

@@ -13,6 +13,13 @@ sockets without an external program::
 A phone is also the stack's request handler: it answers incoming INVITEs
 (180 then 200, when ``auto_answer``), takes BYEs and records the calls it got.
 It speaks no media; its SDP is a fixed offer/answer.
+
+**One stack per phone.** Creating a phone sets ``stack.handler`` to it, because
+a softphone owns its socket: everything that arrives there is for it. So a
+second phone on the same stack silently takes over the first one's requests,
+and a phone built on a :class:`~sdpbx.proxy.Proxy`'s stack takes over the
+proxy's (the proxy is that stack's handler too). Give every phone its own
+``SipStack([UdpTransport("127.0.0.1", 0)])`` and serve it beside the proxy's.
 """
 
 from __future__ import annotations
@@ -77,7 +84,13 @@ class PhoneCall:
 
 
 class Phone(RequestHandler):
-    """A user agent bound to one AoR, registering and calling through ``server``."""
+    """A user agent bound to one AoR, registering and calling through ``server``.
+
+    The phone becomes ``stack.handler``: one stack per phone, never the stack of
+    a proxy or of another phone (see the module docstring). ``username`` and
+    ``password`` answer the server's digest challenges (``username`` defaults to
+    the AoR's user); ``media_port`` is only written into the fixed SDP.
+    """
 
     def __init__(
         self,
