@@ -116,10 +116,13 @@ async def test_both_sides_hang_up_at_once() -> None:
             tg.start_soon(hang_up, bob)
         await rig.calls_over()
         assert statuses == [200, 200]
-        # Each side may also get the proxy's own BYE for a dialog it already ended: 481.
-        assert rig.wire(alice)[:4] == ["100 INVITE", "180 INVITE", "200 INVITE", "200 BYE"]
+        # The BYE handled second may find its own BYE from the proxy on the way (which
+        # that side answers 481, its dialog being over): in any order, nothing else.
+        assert rig.wire(alice)[:3] == ["100 INVITE", "180 INVITE", "200 INVITE"]
+        assert sorted(rig.wire(alice)[3:]) in (["200 BYE"], ["200 BYE", "BYE"])
         assert rig.wire(bob)[:2] == ["INVITE", "ACK"]
-        assert "200 BYE" in rig.wire(bob)
+        assert sorted(rig.wire(bob)[2:]) in (["200 BYE"], ["200 BYE", "BYE"])
+        assert len(rig.wire(alice) + rig.wire(bob)) <= 8  # at most one side got a BYE
         await rig.expire()
         rig.assert_clean()
 
