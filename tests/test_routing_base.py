@@ -291,7 +291,8 @@ async def test_the_guide_example_runs() -> None:
     exec(compile(code, str(guide), "exec"), namespace)
     route = as_router(namespace["route"])
     assert (await route.route(request(from_="sip:spammer@example.net"))).action == "spam"
-    assert (await route.route(request(to="sip:900@pbx.com"))).status == 403
+    premium = request(to="sip:09001234@pbx.com", uri="sip:09001234@pbx.com")
+    assert (await route.route(premium)).status == 403
     acme = await route.route(request(headers={"x-tenant": "acme"}))
     assert (acme.targets, acme.timeout) == (("sip:reception@10.0.0.20",), 20)
     assert (await route.route(request())).action == "not_handled"
