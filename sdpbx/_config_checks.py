@@ -10,7 +10,7 @@ that ``config.py`` reads as the list of keys it is.
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, TypeAlias, cast
+from typing import Any, ClassVar, TypeAlias, cast
 from urllib.parse import urlsplit
 
 from attrs import AttrsInstance, fields, frozen
@@ -184,10 +184,45 @@ def _join(name: str, rel: str) -> str:
     return name + rel if not rel or rel.startswith("[") else f"{name}.{rel}"
 
 
+#: A rule tying several keys of one table together: reads the table's values as
+#: attributes, returns ``[(path relative to the table, message)]``.
+_Rule: TypeAlias = Callable[[Any], _Problems]
+
+
+class _Unknown(Exception):
+    """A cross-key rule read a key whose value is broken: the rule cannot judge."""
+
+
+class _Partial:
+    """The keys of a table that were read successfully, for cross-key rules.
+
+    When some keys of a table are broken the table cannot be built, but the rules
+    that relate its *other* keys can still run, so that one ``ConfigError`` lists
+    every problem of the file at once. Reading a broken key raises
+    :class:`_Unknown`, which skips the rule.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self._values = values
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise _Unknown(name) from None
+
+
 class _Checked:
-    """Mixin: validate every field's check and the class's cross-field rules on init."""
+    """Mixin: validate every field's check and the class's cross-key rules on init.
+
+    A subclass lists its cross-key rules in ``_cross_rules``; each is a function
+    of the table (or of a :class:`_Partial` view of it, see :meth:`_sdpbx_cross_check`).
+    """
 
     __slots__ = ()
+    _cross_rules: ClassVar[tuple[_Rule, ...]] = ()
 
     def __attrs_post_init__(self) -> None:
         problems: _Problems = []
@@ -196,12 +231,25 @@ class _Checked:
             if check is not None:
                 for rel, message in check(getattr(self, attribute.name)):
                     problems.append((_join(attribute.name, rel), message))
-        problems.extend(self._cross_problems())
+        for rule in self._cross_rules:
+            problems.extend(rule(self))
         if problems:
             raise ConfigError(problems)
 
-    def _cross_problems(self) -> _Problems:
-        return []
+    @classmethod
+    def _sdpbx_cross_check(cls, values: Mapping[str, Any]) -> _Problems:
+        """The cross-key rules over the keys that were read (``_serde`` calls this
+        when other keys of the table are broken). A rule that needs a broken key,
+        or that trips over a broken entry of a list or table, is skipped: this
+        runs on an error path and must not raise."""
+        view = _Partial(values)
+        problems: _Problems = []
+        for rule in cls._cross_rules:
+            try:
+                problems.extend(rule(view))
+            except Exception:  # _Unknown, or a broken entry the rule cannot read
+                continue
+        return problems
 
 
 # -- ACL ---------------------------------------------------------------------------------------

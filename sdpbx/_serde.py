@@ -70,12 +70,39 @@ CHECK = "sdpbx.check"
 field is structured, so that a bad value is reported even when a sibling field (or
 a nested table) is broken too and the class itself can never be built."""
 
+CROSS_CHECK = "_sdpbx_cross_check"
+"""Class attribute: ``cls._sdpbx_cross_check(values) -> [(relative_path, message), ...]``,
+the class's rules that relate several keys, called with the keys that were read
+(by attribute name) when other keys of the same table are broken. Without it a
+file with a bad port would hide, until fixed, that a route names a missing trunk."""
+
 _Hook = Callable[[Any, Any], Any]
 _Errors = list[tuple[str, str]]
 
 
 class _Mismatch(TypeError):
     """A value of the wrong kind; its text is the whole user-facing message."""
+
+
+class _Broken:
+    """Stands for a value that could not be read (see ``salvage``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<broken>"
+
+
+_BROKEN: Any = _Broken()
+
+
+def _try(hook: Callable[[Any, Any], Any], raw: object, t: object) -> object:
+    """``hook(raw, t)``, or :data:`_BROKEN` if it fails in any way (an error path:
+    the failure is already reported by the first, strict pass)."""
+    try:
+        return hook(raw, t)
+    except Exception:
+        return _BROKEN
 
 
 class _Invalid(ValueError):
@@ -351,10 +378,23 @@ def _make_converter(*, forbid_extra_keys: bool, dialect: _Dialect) -> Converter:
 
         return structure_checked
 
+    def salvage_entries(t: Any, raw: object) -> object:
+        """A broken array or table, entry by entry: what reads, and :data:`_BROKEN`
+        in place of what does not (keeping indexes and names for cross-key rules)."""
+        args = typing.get_args(t)
+        if _is_mapping(t) and isinstance(raw, Mapping) and len(args) == 2:
+            value_hook = conv.get_structure_hook(args[1])
+            return {k: _try(value_hook, v, args[1]) for k, v in raw.items()}
+        if _is_seq(t) and isinstance(raw, (list, tuple)) and args:
+            item_hook = conv.get_structure_hook(args[0])
+            return tuple(_try(item_hook, item, args[0]) for item in raw)
+        return _BROKEN
+
     def attrs_structure_factory(cl: Any) -> _Hook:
         attrs.resolve_types(cl)
         overrides: dict[str, Any] = {}
         allowed: set[str] = set()
+        readers: list[tuple[attrs.Attribute[Any], str, _Hook]] = []
         for field in attrs.fields(cl):
             kwargs: dict[str, Any] = {}
             if KEY in field.metadata:
@@ -366,24 +406,65 @@ def _make_converter(*, forbid_extra_keys: bool, dialect: _Dialect) -> Converter:
                 kwargs["struct_hook"] = checked_hook(base, field.metadata[CHECK])
             if kwargs:
                 overrides[field.name] = override(**kwargs)
-            allowed.add(str(field.metadata.get(KEY, field.name)))
+            key = str(field.metadata.get(KEY, field.name))
+            allowed.add(key)
+            readers.append(
+                (field, key, kwargs.get("struct_hook") or conv.get_structure_hook(field.type))
+            )
         # Extra keys are checked here rather than by cattrs so that a typo does not
         # hide the other problems of the same table: cattrs gives up before the
         # class's own validation runs, we build the class without the stray keys.
         inner = make_dict_structure_fn(cl, conv, _cattrs_forbid_extra_keys=False, **overrides)
+        cross_check = getattr(cl, CROSS_CHECK, None)
+
+        def salvage(value: Mapping[str, object]) -> dict[str, object]:
+            """The fields that read on their own (defaults for absent ones)."""
+            out: dict[str, object] = {}
+            for field, key, hook in readers:
+                if key not in value:
+                    default: Any = field.default
+                    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+                        if not default.takes_self:
+                            out[field.name] = default.factory()
+                    elif default is not attrs.NOTHING:
+                        out[field.name] = default
+                    continue
+                read = _try(hook, value[key], field.type)
+                if read is _BROKEN:
+                    read = salvage_entries(field.type, value[key])
+                if read is not _BROKEN:
+                    out[field.name] = read
+            return out
 
         def structure_attrs(value: object, target: object) -> object:
             if not isinstance(value, Mapping):
                 raise _Mismatch(f"expected {dialect.table}, got {_type_name(value)}")
             extra = set(value) - allowed if forbid_extra_keys else set()
-            if not extra:
-                return inner(value, target)
-            unknown = ForbiddenExtraKeysError("", cl, extra)
+            known = {k: v for k, v in value.items() if k in allowed} if extra else value
+            problems: list[Exception] = []
+            if extra:
+                problems.append(ForbiddenExtraKeysError("", cl, extra))
             try:
-                inner({k: v for k, v in value.items() if k in allowed}, target)
+                built = inner(known, target)
             except ClassValidationError as exc:
-                raise ClassValidationError(exc.message, [*exc.exceptions, unknown], cl) from None
-            raise ClassValidationError(f"While structuring {cl.__name__}", [unknown], cl)
+                problems[:0] = exc.exceptions
+                # A ConfigError inside means every key read and the class's own
+                # validation refused it: its rules have run. Otherwise some keys
+                # are broken, and the rules relating the others run now.
+                validated = any(isinstance(e, (ConfigError, PayloadError)) for e in problems)
+                if cross_check is not None and not validated:
+                    found = cross_check(salvage(known))
+                    if found:
+                        problems.append(_Invalid(found))
+                raise ClassValidationError(exc.message, problems, cl) from None
+            except (ConfigError, PayloadError) as exc:
+                # The class's own validation refused it (its cross-key rules).
+                if not problems:
+                    raise
+                problems.insert(0, exc)
+            if problems:
+                raise ClassValidationError(f"While structuring {cl.__name__}", problems, cl)
+            return built
 
         return structure_attrs
 

@@ -12,10 +12,11 @@ existing ``config.toml`` keeps working. Two things differ on purpose:
   objects built from a config never need to re-validate it.
 
 Checks of a single value are field metadata (:data:`sdpbx._serde.CHECK`), run
-as the file is read, so every bad value in the file is reported at once; rules
-tying several keys of one table together (``tls_port`` needs a certificate, a
-route's ``dest`` must name trunks) run when that table is built, and so appear
-once its own values are valid.
+as the file is read; rules tying several keys of one table together
+(``tls_port`` needs a certificate, a route's ``dest`` must name trunks) are each
+class's ``_cross_rules``, run over the keys that could be read even when other
+keys of the table are broken. So one :class:`ConfigError` lists every problem
+of the file, value errors and cross-key errors together.
 """
 
 import os
@@ -217,7 +218,7 @@ class TrunkConfig(_Checked):
     register_enabled: bool = False
     register_expires: int = field(default=3600, metadata=_check(_POSITIVE))
 
-    def _cross_problems(self) -> _Problems:
+    def _register_needs_credentials(self) -> _Problems:
         if not self.register_enabled:
             return []
         return [
@@ -225,6 +226,8 @@ class TrunkConfig(_Checked):
             for name in ("username", "password")
             if not getattr(self, name)
         ]
+
+    _cross_rules = (_register_needs_credentials,)
 
 
 def _reject_code_problem(code: int) -> str | None:
@@ -259,10 +262,12 @@ class RouteConfig(_Checked):
     action: RouteAction = "forward"
     reject: RejectConfig | None = None
 
-    def _cross_problems(self) -> _Problems:
+    def _forward_needs_dest(self) -> _Problems:
         if self.action == "forward" and not self.dest:
             return [("dest", 'required when action is "forward"')]
         return []
+
+    _cross_rules = (_forward_needs_dest,)
 
 
 # -- [proxy] -----------------------------------------------------------------------------------
@@ -343,25 +348,50 @@ class ProxyConfig(_Checked):
     trunks: Mapping[str, TrunkConfig] = field(factory=dict)
     routes: tuple[RouteConfig, ...] = ()
 
-    def _cross_problems(self) -> _Problems:
+    def _tls_needs_certificate(self) -> _Problems:
+        if self.tls_port is None:
+            return []
+        return [
+            (name, "required when tls_port is set")
+            for name in ("ssl_certificate", "ssl_private_key")
+            if not getattr(self, name)
+        ]
+
+    def _expires_in_bounds(self) -> _Problems:
+        if self.min_registrar_expires <= self.registrar_expires <= self.max_registrar_expires:
+            return []
+        message = "must be between min_registrar_expires and max_registrar_expires"
+        return [("registrar_expires", message)]
+
+    def _routes_name_trunks(self) -> _Problems:
+        # Entries that could not be read (not RouteConfig) are skipped; a trunk
+        # whose own keys are broken still exists by name.
         problems: _Problems = []
-        if self.tls_port is not None:
-            for name in ("ssl_certificate", "ssl_private_key"):
-                if not getattr(self, name):
-                    problems.append((name, "required when tls_port is set"))
-        if not self.min_registrar_expires <= self.registrar_expires <= self.max_registrar_expires:
-            message = "must be between min_registrar_expires and max_registrar_expires"
-            problems.append(("registrar_expires", message))
-        names: set[str] = set()
         for index, route in enumerate(self.routes):
+            if not isinstance(route, RouteConfig):
+                continue
             if missing := [name for name in route.dest if name not in self.trunks]:
                 message = f"unknown trunk {', '.join(map(repr, missing))}"
                 problems.append((f"routes[{index}].dest", message))
-            if route.name is not None:
-                if route.name in names:
-                    problems.append((f"routes[{index}].name", f"duplicate name {route.name!r}"))
-                names.add(route.name)
         return problems
+
+    def _route_names_unique(self) -> _Problems:
+        problems: _Problems = []
+        names: set[str] = set()
+        for index, route in enumerate(self.routes):
+            if not isinstance(route, RouteConfig) or route.name is None:
+                continue
+            if route.name in names:
+                problems.append((f"routes[{index}].name", f"duplicate name {route.name!r}"))
+            names.add(route.name)
+        return problems
+
+    _cross_rules = (
+        _tls_needs_certificate,
+        _expires_in_bounds,
+        _routes_name_trunks,
+        _route_names_unique,
+    )
 
     @property
     def acl(self) -> tuple[AclRule, ...]:
@@ -414,10 +444,12 @@ class S3CallRecordConfig(_Checked):
     endpoint: str | None = field(default=None, metadata=_check(_URL))
     root: str = ""
 
-    def _cross_problems(self) -> _Problems:
+    def _keys_together(self) -> _Problems:
         if (self.access_key is None) != (self.secret_key is None):
             return [("secret_key", "access_key and secret_key go together")]
         return []
+
+    _cross_rules = (_keys_together,)
 
 
 CallRecordConfig: TypeAlias = LocalCallRecordConfig | HttpCallRecordConfig | S3CallRecordConfig
@@ -463,10 +495,12 @@ class ConsoleConfig(_Checked):
     admin_username: str | None = None
     admin_password: str | None = None
 
-    def _cross_problems(self) -> _Problems:
+    def _admin_together(self) -> _Problems:
         if (self.admin_username is None) != (self.admin_password is None):
             return [("admin_password", "admin_username and admin_password go together")]
         return []
+
+    _cross_rules = (_admin_together,)
 
 
 @frozen
@@ -517,10 +551,12 @@ class Config(_Checked):
     console: ConsoleConfig = field(factory=ConsoleConfig)
     sipflow: SipflowConfig = field(factory=SipflowConfig)
 
-    def _cross_problems(self) -> _Problems:
+    def _rtp_range(self) -> _Problems:
         if self.rtp_start_port >= self.rtp_end_port:
             return [("rtp_end_port", "must be greater than rtp_start_port")]
         return []
+
+    _cross_rules = (_rtp_range,)
 
 
 def config_from_dict(data: Mapping[str, object]) -> Config:

@@ -412,8 +412,8 @@ def test_every_error_is_reported_together() -> None:
         ("proxy.tcp_port", "port must be between 0 and 65535"),
         ("proxy.acl_rules[0]", "expected 'allow|deny <ip|cidr|all>', got 'maybe'"),
     ]
-    # Rules that relate several keys of one table are checked once that table's own
-    # values are valid; problems elsewhere in the file are still reported with them.
+    # Rules that relate several keys of one table are reported with the value
+    # errors of the same and of other tables.
     text = """
         [proxy]
         tls_port = 5061
@@ -442,6 +442,83 @@ def test_route_rules_on_the_same_table_are_all_reported() -> None:
         "proxy.routes[0].match",
         "proxy.routes[0].match.from.user",
         "proxy.routes[0].rewrite",
+        "proxy.routes[0].dest",  # forward without dest: a cross-key rule, reported too
+    ]
+
+
+SELECTS = "'rr', 'random', 'hash', 'weighted'"
+EXPIRES_BOUNDS = "min_registrar_expires and max_registrar_expires"
+
+
+def test_cross_key_rules_are_reported_with_value_errors_of_the_same_table() -> None:
+    """A bad port in [proxy] must not hide, until fixed, that a route names a
+    missing trunk: one ConfigError lists both kinds."""
+    text = """
+        rtp_start_port = 5000
+        rtp_end_port = 4000
+        log_level = "loud"
+        [proxy]
+        udp_port = 70000
+        tls_port = 5061
+        registrar_expires = 10
+        [proxy.trunks.carrier]
+        dest = "sip:carrier.example"
+        max_calls = "many"
+        [[proxy.routes]]
+        name = "out"
+        dest = "nowhere"
+        [[proxy.routes]]
+        name = "bad"
+        dest = "carrier"
+        select = "best"
+        [[proxy.routes]]
+        name = "out"
+        dest = ["carrier", "other"]
+        [console]
+        admin_username = "admin"
+        bogus = 1
+    """
+    assert errors_of(text) == [
+        ("log_level", "expected one of trace, debug, info, warn, warning, error, got 'loud'"),
+        ("proxy.udp_port", "port must be between 0 and 65535"),
+        ("proxy.trunks.carrier.max_calls", "expected an integer"),
+        ("proxy.routes[1].select", f"expected one of {SELECTS}, got 'best'"),
+        ("proxy.ssl_certificate", "required when tls_port is set"),
+        ("proxy.ssl_private_key", "required when tls_port is set"),
+        ("proxy.registrar_expires", f"must be between {EXPIRES_BOUNDS}"),
+        # carrier is broken but exists: only the names nobody defined are unknown.
+        ("proxy.routes[0].dest", "unknown trunk 'nowhere'"),
+        ("proxy.routes[2].dest", "unknown trunk 'other'"),
+        ("proxy.routes[2].name", "duplicate name 'out'"),
+        ("console.admin_password", "admin_username and admin_password go together"),
+        ("console.bogus", "unknown key"),
+        ("rtp_end_port", "must be greater than rtp_start_port"),
+    ]
+
+
+def test_load_config_reports_both_kinds_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "pbx.toml"
+    path.write_text('[proxy]\nudp_port = -1\n[[proxy.routes]]\ndest = "gone"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.errors == [
+        ("proxy.udp_port", "port must be between 0 and 65535"),
+        ("proxy.routes[0].dest", "unknown trunk 'gone'"),
+    ]
+
+
+def test_a_rule_that_needs_a_broken_key_is_skipped() -> None:
+    """registrar_expires is broken: the expires rule cannot judge it, so only the
+    value error is reported, never a second, misleading one."""
+    errors = errors_of("[proxy]\nregistrar_expires = 'long'\nmax_registrar_expires = 10\n")
+    assert errors == [("proxy.registrar_expires", "expected an integer")]
+
+
+def test_unknown_key_and_cross_key_rule_of_one_table_together() -> None:
+    errors = errors_of("[console]\nadmin_username = 'a'\nbogus = 1\n")
+    assert errors == [
+        ("console.admin_password", "admin_username and admin_password go together"),
+        ("console.bogus", "unknown key"),
     ]
 
 
