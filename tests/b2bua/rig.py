@@ -26,7 +26,15 @@ from anyio.abc import TaskGroup
 from sdpbx.exchanges import ClientRequest
 from sdpbx.proxy import Proxy
 from sdpbx.routing import RouteDecision, RouteRequest
-from sdpbx.sip import Dialog, DialogId, Request, Response, dialog_id_for_request, parse_message
+from sdpbx.sip import (
+    Dialog,
+    DialogId,
+    Request,
+    Response,
+    SipParseError,
+    dialog_id_for_request,
+    parse_message,
+)
 from sdpbx.stack import IncomingRequest, RequestHandler, SipStack
 from sdpbx.testing import FakeClock, MemoryNetwork
 from sdpbx.transport import Peer
@@ -58,6 +66,15 @@ def label(message: Request | Response) -> str:
     if isinstance(message, Request):
         return message.method
     return f"{message.status} {message.cseq.method}"
+
+
+def _label(data: bytes) -> str:
+    """A message on the wire as :func:`label` names it; "malformed ..." if it does not parse."""
+    try:
+        return label(parse_message(data))
+    except SipParseError as exc:
+        first = data.split(b"\r\n", 1)[0].decode(errors="replace")
+        return f"malformed {first}: {exc}"
 
 
 def to(target: str) -> Route:
@@ -148,6 +165,8 @@ class Endpoint(RequestHandler):
         self.on_invite = on_invite
         #: On a CANCEL of a ringing INVITE, send its 200 first: the 2xx "crossed" the CANCEL.
         self.answer_on_cancel = False
+        #: The status for a re-INVITE in one of our dialogs (200 with SDP, or a failure).
+        self.on_reinvite = 200
         self.stack = SipStack([rig.network.transport("UDP", host, port)], self, clock=rig.clock)
         self.received: list[Request] = []
         #: INVITEs left ringing (``"ring"``) or unanswered (``"silent"``), oldest first.
@@ -307,6 +326,8 @@ class Endpoint(RequestHandler):
         dialog.receive_request(request)
         if method == "BYE":
             incoming.respond(200)
+        elif method == "INVITE" and self.on_reinvite >= 300:
+            incoming.respond(self.on_reinvite)
         elif method == "INVITE":
             held = b"a=sendonly" in request.body
             incoming.respond(
@@ -352,17 +373,12 @@ class Rig:
     def wire(self, where: Endpoint | tuple[str, int]) -> list[str]:
         """Every message delivered to an endpoint (or address) so far, in order."""
         host, port = (where.host, where.port) if isinstance(where, Endpoint) else where
-        out = []
-        for data in self.network.messages_to(host, port):
-            message = parse_message(data)
-            assert isinstance(message, Request | Response)
-            out.append(label(message))
-        return out
+        return [_label(data) for data in self.network.messages_to(host, port)]
 
     def sent_to(self, host: str, port: int) -> list[str]:
-        """What the proxy sent towards an address, delivered or not."""
+        """What was sent towards an address, delivered or not."""
         return [
-            label(parse_message(m.data))
+            _label(m.data)
             for m in self.network.sent
             if (m.destination.host, m.destination.port) == (host, port)
         ]
