@@ -82,6 +82,7 @@ __all__ = [
     "TrunkConfig",
     "UserBackendConfig",
     "config_from_dict",
+    "config_warnings",
     "load_config",
     "parse_acl_rule",
     "parse_config",
@@ -311,9 +312,15 @@ class ProxyConfig(_Checked):
     media_proxy: MediaProxyMode = "auto"
     nat_fix: bool = True
     acl_rules: tuple[str, ...] = field(default=("allow all",), metadata=_check(_each(_acl_problem)))
-    max_ring_time: int | None = field(default=None, metadata=_check(_POSITIVE))
+    #: Seconds an unanswered call rings before the caller gets 408, unless the
+    #: route decision gives its own ``timeout``. Never unlimited: a caller that
+    #: vanishes without a CANCEL would hold the call (and a trunk's max_calls) forever.
+    max_ring_time: int = field(default=60, metadata=_check(_POSITIVE))
     rtp_timeout: int = field(default=60, metadata=_check(_min(0, "must be 0 (disabled) or more")))
-    ensure_user: bool = False
+    #: Calls (INVITE) must come from an authenticated user or a trunk's
+    #: inbound_hosts. True by default, unlike RustPBX's false, because false means
+    #: calls are not challenged at all (RustPBX challenges them anyway).
+    ensure_user: bool = True
     auth_failure_limit: int = field(
         default=10, metadata=_check(_min(0, "must be 0 (disabled) or more"))
     )
@@ -557,6 +564,16 @@ class Config(_Checked):
         return []
 
     _cross_rules = (_rtp_range,)
+
+
+def config_warnings(config: Config) -> list[str]:
+    """One message per key that is valid but has no effect yet (``[callrecord] is
+    configured but not implemented yet; ignored``), and per setting that leaves
+    calls open. The server logs each at WARNING when it starts; a config meant to
+    do exactly what it says yields none."""
+    from sdpbx._config_warnings import config_warnings as warnings_for
+
+    return warnings_for(config)
 
 
 def config_from_dict(data: Mapping[str, object]) -> Config:

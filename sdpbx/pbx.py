@@ -30,7 +30,7 @@ from anyio.abc import TaskStatus
 from ._memory import pin_mmap_threshold
 from ._version import __version__
 from .authn import Authenticator
-from .config import Config
+from .config import Config, config_warnings
 from .locator import SqliteLocator
 from .proxy import Proxy
 from .registrar import Registrar
@@ -62,13 +62,14 @@ log = logging.getLogger("sdpbx.pbx")
 
 def default_config(data_dir: str | Path = "sdpbx-data") -> Config:
     """The embedded defaults of ``full_pbx.py``: SIP UDP+TCP on 127.0.0.1:5060,
-    the SQLite file and data folders under ``data_dir``."""
+    users from the database's extensions, the SQLite file under ``data_dir``.
+
+    Only keys that are implemented are set, so it starts without warnings."""
     from .config import config_from_dict
 
     data = Path(data_dir)
     return config_from_dict(
         {
-            "http_addr": "127.0.0.1:8080",
             "database_url": f"sqlite://{data / 'sdpbx.sqlite3'}",
             "proxy": {
                 "addr": "127.0.0.1",
@@ -76,8 +77,6 @@ def default_config(data_dir: str | Path = "sdpbx-data") -> Config:
                 "tcp_port": 5060,
                 "user_backends": [{"type": "extension"}],
             },
-            "recording": {"path": str(data / "recordings")},
-            "callrecord": {"type": "local", "root": str(data / "cdr")},
         }
     )
 
@@ -87,6 +86,9 @@ class Pbx:
 
     def __init__(self, config: Config, *, data_dir: str | Path | None = None) -> None:
         self.config = config
+        # Said once, at build time: keys that are valid but do nothing yet.
+        for message in config_warnings(config):
+            log.warning("%s", message)
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.db = Database.from_url(config.database_url)
         self.extensions = ExtensionStore(self.db)
@@ -204,8 +206,10 @@ class Pbx:
                 locator=self.locator,
                 trunks=trunks_from_config(proxy_cfg.trunks),
                 acl=proxy_cfg.acl,
-                ring_timeout=float(proxy_cfg.max_ring_time or 60),
-                authenticate_invites=authenticator is not None,
+                ring_timeout=float(proxy_cfg.max_ring_time),
+                # Registrations are authenticated whenever there are users; calls
+                # only when ensure_user asks (trunks' inbound_hosts never are).
+                authenticate_invites=authenticator is not None and proxy_cfg.ensure_user,
                 local_realms=proxy_cfg.realms,
                 user_agent=proxy_cfg.useragent or f"sdpbx/{__version__}",
             )

@@ -31,7 +31,11 @@ The steps of §10.3, as implemented:
    when not 1), with a Date header, and echoes Path when the UA supports it.
 
 Bindings record the real source of the REGISTER (transport, address, port and
-stream connection), which is where a phone behind NAT can be reached.
+stream connection), which is where a phone behind NAT can be reached (``nat_fix``,
+on by default). With ``nat_fix=False`` a UDP binding is reached at its Contact's
+address instead, when that is an IP address (a name would need DNS, so its
+source is kept); stream bindings always stay on their connection, the only way
+to reach a phone over TCP, TLS or WebSocket from behind NAT (RFC 5626).
 
 Expiry needs no task: the locator keeps a heap, and :attr:`Registrar.timer_client`
 shares the stack's timer (``stack.add_timer_client(registrar.timer_client,
@@ -41,6 +45,7 @@ they need no flush to happen.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -131,6 +136,14 @@ class _ExpiryTimer:
             logger.debug("%d bindings expired", len(expired))
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _format_q(q: float) -> str:
     return f"{q:.3f}".rstrip("0").rstrip(".")
 
@@ -153,6 +166,7 @@ class Registrar:
         default_expires: int = 3600,
         min_expires: int = 60,
         max_expires: int = 7200,
+        nat_fix: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not 0 < min_expires <= default_expires <= max_expires:
@@ -163,6 +177,7 @@ class Registrar:
         self.default_expires = default_expires
         self.min_expires = min_expires
         self.max_expires = max_expires
+        self.nat_fix = nat_fix
         self.clock = clock
         self.stats = RegistrarStats()
         #: Add to the stack so bindings expire: ``stack.add_timer_client(r.timer_client, r.clock)``.
@@ -177,7 +192,8 @@ class Registrar:
         *,
         clock: Callable[[], float] = time.time,
     ) -> Registrar:
-        """``[proxy]`` realms and ``registrar_expires`` / ``min_`` / ``max_registrar_expires``."""
+        """``[proxy]`` realms, ``registrar_expires`` / ``min_`` / ``max_registrar_expires``
+        and ``nat_fix``."""
         return cls(
             locator,
             authenticator,
@@ -185,6 +201,7 @@ class Registrar:
             default_expires=config.registrar_expires,
             min_expires=config.min_registrar_expires,
             max_expires=config.max_registrar_expires,
+            nat_fix=config.nat_fix,
             clock=clock,
         )
 
@@ -310,12 +327,13 @@ class Registrar:
                 for b in ctx.existing.values()
                 if b.contact != key and b.instance_id == instance_id and b.reg_id == reg_id
             )
+        host, port = self._reach(uri, ctx.peer)
         binding = Binding(
             aor=ctx.aor,
             contact=key,
             transport=ctx.peer.transport,
-            host=ctx.peer.host,
-            port=ctx.peer.port,
+            host=host,
+            port=port,
             connection_id=ctx.peer.connection_id,
             expires_at=ctx.now + expires,
             registered_at=ctx.now,
@@ -329,6 +347,13 @@ class Registrar:
         )
         updates.append(_Update(key, binding))
         return updates
+
+    def _reach(self, contact: SipUri, peer: Peer) -> tuple[str, int]:
+        """Where requests for a binding go: its source (``nat_fix``), or, without
+        it, a UDP Contact's own IP address and port."""
+        if self.nat_fix or peer.connection_id is not None or not _is_ip(contact.host):
+            return peer.host, peer.port
+        return contact.host, contact.port or (5061 if contact.secure else 5060)
 
     async def _apply(self, aor: str, updates: list[_Update], now: float) -> None:
         stats = self.stats

@@ -90,9 +90,9 @@ def test_proxy_defaults() -> None:
     assert proxy.media_proxy == "auto"
     assert proxy.nat_fix is True
     assert proxy.acl_rules == ("allow all",)
-    assert proxy.max_ring_time is None
+    assert proxy.max_ring_time == 60  # never unlimited (see docs/guide/config.rst)
     assert proxy.rtp_timeout == 60
-    assert proxy.ensure_user is False
+    assert proxy.ensure_user is True  # sdpbx: false would leave calls unchallenged
     assert proxy.auth_failure_limit == 10
     assert proxy.auth_block_seconds == 300
     assert proxy.auth_source_failure_limit is None  # 5 x auth_failure_limit
