@@ -21,6 +21,8 @@ from helpers.sipp import free_port
 
 pytestmark = pytest.mark.baresip
 
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pbx.toml"
+
 USERS = """\
 [[proxy.user_backends]]
 type = "memory"
@@ -84,28 +86,30 @@ def test_baresip_registers_with_digest(tmp_path: Path) -> None:
     assert "Traceback" not in pbx.log()
 
 
-def test_baresip_call_through_pbx_carries_audio_both_ways(tmp_path: Path, shared_dir: Path) -> None:
-    check_tone = shared_dir / "sip-tools" / "check_tone.py"
-    port = free_port()
-    db = tmp_path / "data" / "pbx.sqlite3"
-    with running_pbx(tmp_path, port, _config(port)) as pbx:
-        b = BaresipPeer(_peer(tmp_path, "b", port, 1000, "answermode=auto;regint=60"), lifetime=25)
+def _call_and_hear(
+    tmp_path: Path, check_tone: Path, port: int, config: str, db: Path, a: str, b: str
+) -> None:
+    """``b`` registers and auto-answers, ``a`` calls it through the PBX for about
+    5 s; each must hear the other's tone (A 440 Hz, B 1000 Hz)."""
+    with running_pbx(tmp_path, port, config) as pbx:
+        b_dir = _peer(tmp_path, b, port, 1000, "answermode=auto;regint=60")
+        callee = BaresipPeer(b_dir, lifetime=25)
         try:
-            assert b.wait_for_log("200 OK", 10), b.log()
-            assert _wait_for_binding(db, "b@127.0.0.1", 5)
-            a_dir = _peer(tmp_path, "a", port, 440, "regint=0")
+            assert callee.wait_for_log("200 OK", 10), callee.log()
+            assert _wait_for_binding(db, f"{b}@127.0.0.1", 5)
+            a_dir = _peer(tmp_path, a, port, 440, "regint=0")
             # A dials, talks for about 5 s, then hangs up when -t expires.
-            a = BaresipPeer(a_dir, lifetime=6, commands=(f"/dial sip:b@127.0.0.1:{port}",))
-            a.wait(20)
-            assert "Call established" in a.log(), a.log()[-3000:]
+            caller = BaresipPeer(a_dir, lifetime=6, commands=(f"/dial sip:{b}@127.0.0.1:{port}",))
+            caller.wait(20)
+            assert "Call established" in caller.log(), caller.log()[-3000:]
             # B sees the BYE (relayed by the PBX) and closes its call and its dumps.
-            assert b.wait_for_log("session closed", 10), b.log()[-3000:]
+            assert callee.wait_for_log("session closed", 10), callee.log()[-3000:]
         finally:
-            b.stop()
-    a_log, b_log = a.log(), b.log()
+            callee.stop()
+    a_log, b_log = caller.log(), callee.log()
     assert "SIGTERM: draining calls" in pbx.log()
 
-    heard_by_a, heard_by_b = a.received_audio(), b.received_audio()
+    heard_by_a, heard_by_b = caller.received_audio(), callee.received_audio()
     assert heard_by_a and heard_by_b, (a_log[-2000:], b_log[-2000:])
     for wav, tone in ((heard_by_a[0], 1000), (heard_by_b[0], 440)):
         result = subprocess.run(
@@ -118,3 +122,24 @@ def test_baresip_call_through_pbx_carries_audio_both_ways(tmp_path: Path, shared
         assert result.returncode == 0, f"{wav.name}: {result.stdout}{result.stderr}"
         duration = float(result.stdout.split("duration=")[1].split("s")[0])
         assert duration > 2.0, result.stdout
+
+
+def test_baresip_call_through_pbx_carries_audio_both_ways(tmp_path: Path, shared_dir: Path) -> None:
+    port = free_port()
+    db = tmp_path / "data" / "pbx.sqlite3"
+    check_tone = shared_dir / "sip-tools" / "check_tone.py"
+    _call_and_hear(tmp_path, check_tone, port, _config(port), db, "a", "b")
+
+
+def test_baresip_1001_calls_1002_on_the_sample_config(tmp_path: Path, shared_dir: Path) -> None:
+    """examples/pbx.toml as shipped, only its ports moved to free ones (tests run
+    side by side): 1001 and 1002 register with "secret" and hear each other."""
+    port = free_port()
+    text = SAMPLE.read_text()
+    moved = {"udp_port = 5060": port, "tcp_port = 5060": port, "ws_port = 5066": 0}
+    for line, value in moved.items():
+        assert line in text
+        text = text.replace(line, f"{line.split(' = ')[0]} = {value}")
+    db = tmp_path / "sdpbx-data" / "sdpbx.sqlite3"
+    check_tone = shared_dir / "sip-tools" / "check_tone.py"
+    _call_and_hear(tmp_path, check_tone, port, text, db, "1001", "1002")
