@@ -122,20 +122,25 @@ class Outgoing:
     def statuses(self) -> list[int]:
         return [r.status for r in self.responses]
 
-    async def cancel(self) -> Response:
-        """CANCEL this INVITE (RFC 3261 §9.1) and return the CANCEL's final response."""
+    def send_cancel(self) -> ClientRequest:
+        """Send a CANCEL of this INVITE (RFC 3261 §9.1); the caller closes what it returns."""
         invite = self.invite
-        copied = [
-            (n, v) for n, v in invite.headers if n.lower() in ("via", "from", "to", "call-id")
-        ]
+        copied = [(n, v) for n, v in invite.headers if n.lower() in _CANCEL_COPIES]
         cancel = Request.create(
             "CANCEL",
             invite.uri,
             [*copied, ("CSeq", f"{invite.cseq.number} CANCEL"), ("Max-Forwards", "70")],
         )
-        async with self.endpoint.stack.request(cancel, PROXY) as client:
+        return self.endpoint.stack.send_request(cancel, PROXY)
+
+    async def cancel(self) -> Response:
+        """CANCEL this INVITE and return the CANCEL's final response."""
+        client = self.send_cancel()
+        try:
             with anyio.fail_after(_GUARD):
                 return await client.final_response()
+        finally:
+            client.close()
 
     def ack(self, final: Response, body: bytes = b"") -> Dialog:
         """ACK a 2xx (with the SDP answer to a 2xx's offer, if given); the dialog it
@@ -198,7 +203,12 @@ class Endpoint(RequestHandler):
 
     # -- calling --------------------------------------------------------------------
     def invite(
-        self, target: str, *, body: bytes | None = None, headers: Sequence[tuple[str, str]] = ()
+        self,
+        target: str,
+        *,
+        body: bytes | None = None,
+        max_forwards: int = 70,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> Outgoing:
         """Send an INVITE for ``target`` to the proxy (with our SDP unless ``body`` says)."""
         body = self.sdp if body is None else body
@@ -207,7 +217,7 @@ class Endpoint(RequestHandler):
             "INVITE",
             target,
             [
-                ("Max-Forwards", "70"),
+                ("Max-Forwards", str(max_forwards)),
                 ("From", f"<sip:{self.user}@{self.host}>;tag={self.user}-tag"),
                 ("To", f"<{target}>"),
                 ("Call-ID", f"{self.user}-call-{len(self.rig.network.sent)}"),
