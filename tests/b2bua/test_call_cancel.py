@@ -184,6 +184,27 @@ async def test_cancel_crossing_the_proxys_200() -> None:
         rig.assert_clean()
 
 
+async def test_hangup_from_python_while_ringing() -> None:
+    """Call.hangup() before anyone answered: a CANCEL to bob, 487 to alice, and the CDR
+    reason is the one given rather than "canceled"."""
+    async with running(to(BOB_URI)) as rig:
+        events: list[CallEvent] = []
+        rig.proxy.calls.subscribe(events.append)
+        alice = await rig.endpoint("alice", ALICE)
+        bob = await rig.endpoint("bob", BOB, on_invite="ring")
+        out = alice.invite(CALLED)
+        await out.until(180)
+        [call] = list(rig.proxy.calls)
+        await call.hangup("bySystem")
+        assert (await out.final()).status == 487
+        await bob.wait_for("CANCEL")
+        await rig.calls_over()
+        assert rig.wire(bob) == ["INVITE", "CANCEL", "ACK"]
+        assert ended(events) == ("bySystem", 487)
+        await rig.expire()
+        rig.assert_clean()
+
+
 async def test_ring_timeout() -> None:
     """bob rings for longer than the proxy's ring_timeout: bob gets a CANCEL, alice 408.
 
