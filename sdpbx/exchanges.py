@@ -237,8 +237,17 @@ class ClientRequest:
                 return response
 
     def ack(self, ack: Request, destination: Peer | None = None) -> None:
-        """Send the ACK of a 2xx, and again for every retransmitted 2xx."""
-        self.transaction.set_ack(ack, destination or self.transaction.destination)
+        """Send the ACK of a 2xx, and again for every retransmitted 2xx.
+
+        An ACK without a Via gets ours with a fresh branch (RFC 3261 §13.2.2.4:
+        the ACK of a 2xx is a transaction of its own), as :meth:`SipStack.send_ack`
+        does; without it the far end cannot parse the ACK and hangs up at Timer H.
+        """
+        destination = destination or self.transaction.destination
+        if "via" not in ack.headers:
+            via = self._stack.via_for(destination.transport)
+            ack = ack.replace(headers=ack.headers.prepend("Via", via))
+        self.transaction.set_ack(ack, destination)
         self._stack._flush()
 
     def _finish(self) -> None:

@@ -58,10 +58,6 @@ async def test_hold_and_resume_by_reinvite(holder: str) -> None:
         rig.assert_clean()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay.py: the ACK of a relayed re-INVITE's 2xx goes out without a Via header",
-)
 @pytest.mark.parametrize("holder", ["alice", "bob"])
 async def test_the_far_side_gets_the_ack_of_a_relayed_reinvite(holder: str) -> None:
     """RFC 3261 §13.2.2.4: the UAC of a re-INVITE (the proxy, on the far leg) ACKs its 2xx.
