@@ -93,6 +93,7 @@ class _Update:
 
     contact: str
     binding: Binding | None  # None: remove ``contact``
+    refresh: bool = False  # the binding existed: logged at DEBUG, not INFO
 
 
 @frozen
@@ -133,7 +134,21 @@ class _ExpiryTimer:
         expired = self._registrar.locator.expire(now)
         if expired:
             self._registrar.stats.expired += len(expired)
-            logger.debug("%d bindings expired", len(expired))
+            for binding in expired:
+                _log_change("expired", binding)
+
+
+def _log_change(what: str, binding: Binding, detail: str = "") -> None:
+    """One INFO line per binding that came or went, for the operator."""
+    logger.info(
+        "%s %s -> %s (%s %s)%s",
+        what,
+        binding.aor,
+        binding.contact,
+        binding.transport,
+        binding.destination,
+        detail,
+    )
 
 
 def _is_ip(host: str) -> bool:
@@ -229,6 +244,8 @@ class Registrar:
             return
         closed = self.locator.connection_closed(peer.connection_id, now=self.clock())
         self.stats.disconnected += len(closed)
+        for binding in closed:
+            _log_change("unregistered", binding, ": its connection closed")
 
     async def _register(self, incoming: IncomingRequest) -> None:
         request = incoming.request
@@ -272,6 +289,8 @@ class Registrar:
                 raise _Refused(500, "Out of order CSeq")
         removed = await self.locator.remove_aor(aor, now=now)
         self.stats.unregistrations += len(removed)
+        for binding in removed:
+            _log_change("unregistered", binding, ": Contact: *")
 
     async def _plan(self, incoming: IncomingRequest, aor: str, now: float) -> list[_Update]:
         """Every change the request asks for, validated before any is made."""
@@ -345,7 +364,10 @@ class Registrar:
             instance_id=instance_id,
             reg_id=reg_id,
         )
-        updates.append(_Update(key, binding))
+        # Same contact from the same place: a refresh. From elsewhere (NAT rebinding,
+        # another transport), the operator hears of it as a new registration.
+        refresh = old is not None and old.peer == binding.peer
+        updates.append(_Update(key, binding, refresh=refresh))
         return updates
 
     def _reach(self, contact: SipUri, peer: Peer) -> tuple[str, int]:
@@ -358,12 +380,22 @@ class Registrar:
     async def _apply(self, aor: str, updates: list[_Update], now: float) -> None:
         stats = self.stats
         for update in updates:
-            if update.binding is None:
-                if await self.locator.remove(aor, update.contact, now=now) is not None:
+            binding = update.binding
+            if binding is None:
+                removed = await self.locator.remove(aor, update.contact, now=now)
+                if removed is not None:
                     stats.unregistrations += 1
+                    _log_change("unregistered", removed)
             else:
-                await self.locator.save(update.binding)
+                await self.locator.save(binding)
                 stats.registrations += 1
+                if update.refresh:
+                    logger.debug(
+                        "refreshed %s -> %s for %d s", aor, binding.contact, binding.expires_in(now)
+                    )
+                else:
+                    agent = f", {binding.user_agent}" if binding.user_agent else ""
+                    _log_change("registered", binding, f" for {binding.expires_in(now)} s{agent}")
 
     async def _answer(self, incoming: IncomingRequest, aor: str, now: float) -> None:
         headers: list[tuple[str, str]] = []

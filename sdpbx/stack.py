@@ -52,6 +52,7 @@ from ._memory import release_free_memory
 from ._ratelog import LogLimiter
 from ._stack_errors import error_response, first_line, safe_first_line
 from ._stack_timer import StackTimer, TimerClient
+from ._trace import WIRE, trace
 from .errors import TransactionClosed, TransactionTimedOut
 from .exchanges import ClientRequest, IncomingRequest
 from .sip import (
@@ -335,6 +336,8 @@ class SipStack:
     def message_received(self, data: bytes, peer: Peer) -> None:
         """The boundary of one inbound message: nothing raised here reaches a transport."""
         try:
+            if WIRE.isEnabledFor(logging.DEBUG):
+                trace("recv", data, peer)
             try:
                 # A datagram or a WebSocket message is one whole SIP message, so
                 # Content-Length may be absent (RFC 7118 §5); a TCP stream needs it.
@@ -633,6 +636,8 @@ class SipStack:
 
     def _send(self, data: bytes, destination: Peer) -> None:
         try:
+            if WIRE.isEnabledFor(logging.DEBUG):
+                trace("send", data, destination)
             transport = self.transport_for(destination)
             if transport.send_nowait(data, destination):
                 return

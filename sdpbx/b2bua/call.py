@@ -159,6 +159,18 @@ class Call:
         """The whole call: routing, forking, talking, then what it started, then cleanup."""
         svc = self._svc
         svc.registry.add(self)
+        peer = self.incoming.peer
+        trunk = f", trunk {self.inbound_trunk}" if self.inbound_trunk else ""
+        log.info(
+            "call %s started: %s -> %s from %s %s (%s%s)",
+            self.id,
+            self.caller,
+            self.callee,
+            peer.transport,
+            peer.address,
+            self.direction,
+            trunk,
+        )
         svc.registry.emit(
             CallStarted(self.id, self.started_at, self.caller, self.callee, self.direction)
         )
@@ -263,6 +275,7 @@ class Call:
             self._fail(500, "failed", text="Router Error")
             return
         self.decision = decision
+        log.info("call %s routed: %s", self.id, _decision_text(decision))
         if decision.caller:
             self.caller = decision.caller
         if decision.action == "spam":
@@ -376,6 +389,12 @@ class Call:
             self.state = CallState.TALKING
             self.status_code = 200
             self.answered_at = svc.clock()
+            log.info(
+                "call %s answered by %s after %.1f s",
+                self.id,
+                leg.target,
+                self.answered_at - self.started_at,
+            )
             svc.registry.answered_calls += 1
             svc.registry.emit(CallAnswered(self.id, self.answered_at, leg.target))
             return True
@@ -522,6 +541,19 @@ class Call:
             return
         self._announced = True
         assert self.hangup_reason is not None and self.ended_at is not None
+        talk = (
+            f", talked {self.ended_at - self.answered_at:.1f} s"
+            if self.answered_at is not None
+            else ""
+        )
+        log.info(
+            "call %s ended: %s, status %d, lasted %.1f s%s",
+            self.id,
+            self.hangup_reason,
+            self.status_code,
+            self.ended_at - self.started_at,
+            talk,
+        )
         self._svc.registry.emit(
             CallEnded(self.id, self.ended_at, self.hangup_reason, self.status_code)
         )
@@ -545,6 +577,19 @@ class Call:
         except Exception:
             log.exception("call %s: media release failed", self.id)
         svc.registry.remove(self)
+
+
+def _decision_text(decision: RouteDecision) -> str:
+    """The router's answer in one phrase, for the call's INFO line."""
+    if decision.action == "forward":
+        targets = ", ".join(decision.targets) or "no target"
+        via = f" via trunk {decision.trunk}" if decision.trunk else ""
+        name = f" (route {decision.route_name})" if decision.route_name else ""
+        return f"forward to {targets} ({decision.strategy}){via}{name}"
+    if decision.action in ("reject", "abort"):
+        reason = f" {decision.reason}" if decision.reason else ""
+        return f"{decision.action} {decision.final_status}{reason}"
+    return decision.action
 
 
 def _quote(text: str) -> str:
