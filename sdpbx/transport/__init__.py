@@ -1,6 +1,13 @@
 """SIP transports over anyio: UDP, TCP, TLS, WebSocket, and an in-memory one for tests."""
 
-from .base import Peer, Transport, TransportHandler, TransportName, next_connection_id
+from .base import (
+    ListenError,
+    Peer,
+    Transport,
+    TransportHandler,
+    TransportName,
+    next_connection_id,
+)
 from .limits import ConnectionLimits, ConnectionTable, raise_open_file_limit
 from .memory import MemoryNetwork, MemoryTransport, SentMessage
 from .stream import TcpTransport, TlsTransport
@@ -10,6 +17,7 @@ from .ws import WsTransport
 __all__ = [
     "ConnectionLimits",
     "ConnectionTable",
+    "ListenError",
     "MemoryNetwork",
     "MemoryTransport",
     "Peer",

@@ -10,12 +10,20 @@ datagram; sending is awaited because a stream may have to connect first.
 from __future__ import annotations
 
 import itertools
+import os
 from typing import Literal, Protocol
 
 from anyio.abc import TaskStatus
 from attrs import frozen
 
-__all__ = ["Peer", "Transport", "TransportHandler", "TransportName", "next_connection_id"]
+__all__ = [
+    "ListenError",
+    "Peer",
+    "Transport",
+    "TransportHandler",
+    "TransportName",
+    "next_connection_id",
+]
 
 TransportName = Literal["UDP", "TCP", "TLS", "WS", "WSS"]
 
@@ -48,6 +56,30 @@ class Peer:
         """``ip:port`` with IPv6 hosts in brackets, as webhooks expect it."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+
+class ListenError(OSError):
+    """A transport could not bind its address: ``cannot listen on UDP
+    127.0.0.1:5060: Address already in use``.
+
+    The OS error alone (``[Errno 98] Address already in use``) does not say
+    which of a server's sockets failed; this one names the transport, the
+    address and the port, keeps the ``errno``, and chains the original.
+    """
+
+    def __init__(self, transport: str, host: str, port: int, cause: OSError) -> None:
+        address = f"[{host}]" if ":" in host else host
+        # The plain OS wording: anyio's own message repeats the address; a
+        # resolver error (negative errno) has only its strerror.
+        errno = cause.errno
+        reason = os.strerror(errno) if errno and errno > 0 else cause.strerror or str(cause)
+        super().__init__(cause.errno, f"cannot listen on {transport} {address}:{port}: {reason}")
+        self.transport = transport
+        self.host = host
+        self.port = port
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class TransportHandler(Protocol):

@@ -50,7 +50,7 @@ from ._guard import (
     serve_accepted,
     unmapped,
 )
-from .base import Peer, TransportHandler, TransportName, next_connection_id
+from .base import ListenError, Peer, TransportHandler, TransportName, next_connection_id
 from .limits import ConnectionSlot, ConnectionTable
 
 __all__ = ["TcpTransport", "TlsTransport"]
@@ -218,7 +218,10 @@ class _StreamTransport:
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen, report readiness, then accept and serve connections until cancelled."""
-        multi = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+        try:
+            multi = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+        except OSError as exc:
+            raise ListenError(self.name, self.host, self.port, exc) from exc
         listeners = [
             listener for listener in multi.listeners if isinstance(listener, SocketListener)
         ]

@@ -26,7 +26,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ._guard import LogLimiter
-from .base import Peer, TransportHandler, TransportName
+from .base import ListenError, Peer, TransportHandler, TransportName
 
 __all__ = ["UdpTransport"]
 
@@ -160,6 +160,9 @@ class UdpTransport:
             _set_buffer(sock, socket.SO_SNDBUF, _SO_SNDBUFFORCE, self.sndbuf)
             sock.bind((self.host, self.port))
             sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise ListenError(self.name, self.host, self.port, exc) from exc
         except BaseException:
             sock.close()
             raise

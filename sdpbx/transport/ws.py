@@ -57,7 +57,7 @@ from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
 from ._guard import LogLimiter, TransportStats, accept_forever, guarded, remote_of, serve_accepted
-from .base import Peer, TransportHandler, TransportName, next_connection_id
+from .base import ListenError, Peer, TransportHandler, TransportName, next_connection_id
 from .limits import ConnectionSlot, ConnectionTable
 
 __all__ = ["WsTransport"]
@@ -222,7 +222,10 @@ class WsTransport:
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        tcp = await anyio.create_tcp_listener(local_host=self.host, local_port=self._port)
+        try:
+            tcp = await anyio.create_tcp_listener(local_host=self.host, local_port=self._port)
+        except OSError as exc:
+            raise ListenError(self.name, self.host, self._port, exc) from exc
         self._port = tcp.extra(SocketAttribute.local_port)
         self._handler = handler
         try:
