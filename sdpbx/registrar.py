@@ -393,7 +393,7 @@ class Registrar:
                     logger.debug(
                         "refreshed %s -> %s for %d s", aor, binding.contact, binding.expires_in(now)
                     )
-                else:
+                elif logger.isEnabledFor(logging.INFO):
                     agent = f", {binding.user_agent}" if binding.user_agent else ""
                     _log_change("registered", binding, f" for {binding.expires_in(now)} s{agent}")
 

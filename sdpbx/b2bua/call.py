@@ -159,18 +159,19 @@ class Call:
         """The whole call: routing, forking, talking, then what it started, then cleanup."""
         svc = self._svc
         svc.registry.add(self)
-        peer = self.incoming.peer
-        trunk = f", trunk {self.inbound_trunk}" if self.inbound_trunk else ""
-        log.info(
-            "call %s started: %s -> %s from %s %s (%s%s)",
-            self.id,
-            self.caller,
-            self.callee,
-            peer.transport,
-            peer.address,
-            self.direction,
-            trunk,
-        )
+        if log.isEnabledFor(logging.INFO):  # nothing is formatted with INFO off
+            peer = self.incoming.peer
+            trunk = f", trunk {self.inbound_trunk}" if self.inbound_trunk else ""
+            log.info(
+                "call %s started: %s -> %s from %s %s (%s%s)",
+                self.id,
+                self.caller,
+                self.callee,
+                peer.transport,
+                peer.address,
+                self.direction,
+                trunk,
+            )
         svc.registry.emit(
             CallStarted(self.id, self.started_at, self.caller, self.callee, self.direction)
         )
@@ -275,7 +276,8 @@ class Call:
             self._fail(500, "failed", text="Router Error")
             return
         self.decision = decision
-        log.info("call %s routed: %s", self.id, _decision_text(decision))
+        if log.isEnabledFor(logging.INFO):
+            log.info("call %s routed: %s", self.id, _decision_text(decision))
         if decision.caller:
             self.caller = decision.caller
         if decision.action == "spam":
@@ -541,19 +543,17 @@ class Call:
             return
         self._announced = True
         assert self.hangup_reason is not None and self.ended_at is not None
-        talk = (
-            f", talked {self.ended_at - self.answered_at:.1f} s"
-            if self.answered_at is not None
-            else ""
-        )
-        log.info(
-            "call %s ended: %s, status %d, lasted %.1f s%s",
-            self.id,
-            self.hangup_reason,
-            self.status_code,
-            self.ended_at - self.started_at,
-            talk,
-        )
+        if log.isEnabledFor(logging.INFO):
+            answered = self.answered_at
+            talk = f", talked {self.ended_at - answered:.1f} s" if answered is not None else ""
+            log.info(
+                "call %s ended: %s, status %d, lasted %.1f s%s",
+                self.id,
+                self.hangup_reason,
+                self.status_code,
+                self.ended_at - self.started_at,
+                talk,
+            )
         self._svc.registry.emit(
             CallEnded(self.id, self.ended_at, self.hangup_reason, self.status_code)
         )
