@@ -37,6 +37,7 @@ __all__ = [
     "root_causes",
     "run_pbx",
     "setup_logging",
+    "tls_problems",
 ]
 
 log = logging.getLogger("sdpbx")
@@ -222,7 +223,7 @@ def run_pbx(pbx: Pbx, *, grace: float = 10.0, uvloop: bool = False) -> int:
         for cause in root_causes(exc):
             text = str(cause) if isinstance(cause, OSError) else f"{type(cause).__name__}: {cause}"
             log.error("%s: %s", "stopped" if started else "cannot start", text)
-            log.debug("the full story", exc_info=cause)
+            log.debug("the traceback of that failure", exc_info=cause)
         return 1
     return 0
 

@@ -7,6 +7,8 @@ file's path) and exit 1.
 
 from __future__ import annotations
 
+import gc
+import logging
 import signal
 import socket
 import subprocess
@@ -14,11 +16,15 @@ import sys
 import tomllib
 from pathlib import Path
 
+import anyio
 import pytest
+from anyio.abc import TaskStatus
 from helpers.pbx_process import pbx_env, pbx_toml, status_of, udp_exchange
 from helpers.sipp import free_port
 
-from sdpbx.cli import root_causes
+from sdpbx.cli import root_causes, run_pbx
+from sdpbx.config import config_from_dict
+from sdpbx.pbx import Pbx
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "pbx.toml"
@@ -254,3 +260,29 @@ def test_full_pbx_takes_the_same_options(tmp_path: Path) -> None:
     assert result.returncode == 0
     for option in ("--config", "--log-level", "--data-dir", "--grace", "--uvloop"):
         assert option in result.stdout
+
+
+class _FailingPbx(Pbx):
+    """A Pbx whose start fails deep inside nested task groups, as a bug would."""
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async def broken() -> None:
+            raise RuntimeError("boom")
+
+        async with anyio.create_task_group() as outer:
+            async with anyio.create_task_group() as inner:
+                inner.start_soon(broken)
+            outer.start_soon(anyio.sleep_forever)
+
+
+def test_run_pbx_reduces_a_nested_failure_to_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    pbx = _FailingPbx(config_from_dict({"database_url": "sqlite://:memory:"}))
+    threshold = gc.get_threshold()
+    try:
+        with caplog.at_level(logging.INFO, logger="sdpbx"):
+            assert run_pbx(pbx) == 1
+    finally:
+        gc.unfreeze()  # run_pbx tunes the collector for a server process
+        gc.set_threshold(*threshold)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == ["cannot start: RuntimeError: boom"]
