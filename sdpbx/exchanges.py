@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import anyio
 
@@ -243,11 +243,12 @@ class ClientRequest:
         the ACK of a 2xx is a transaction of its own), as :meth:`SipStack.send_ack`
         does; without it the far end cannot parse the ACK and hangs up at Timer H.
         """
-        destination = destination or self.transaction.destination
+        # The stack creates every client transaction with a Peer as its destination.
+        peer = destination or cast(Peer, self.transaction.destination)
         if "via" not in ack.headers:
-            via = self._stack.via_for(destination.transport)
+            via = self._stack.via_for(peer.transport)
             ack = ack.replace(headers=ack.headers.prepend("Via", via))
-        self.transaction.set_ack(ack, destination)
+        self.transaction.set_ack(ack, peer)
         self._stack._flush()
 
     def _finish(self) -> None:

@@ -196,7 +196,8 @@ def test_from_json_rejects_bad_replies_naming_the_field(data: object, path: str)
 
 
 def test_name_addr_target_is_accepted() -> None:
-    assert RouteDecision.forward("<sip:1002@10.0.0.5>").targets == ("<sip:1002@10.0.0.5>",)
+    # Stored as the bare URI, so that every dialler can parse it.
+    assert RouteDecision.forward("<sip:1002@10.0.0.5>").targets == ("sip:1002@10.0.0.5",)
 
 
 def test_python_construction_is_checked_too() -> None:

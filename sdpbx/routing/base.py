@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal, Protocol, TypeAlias, cast, runtime_checkable
 
 from attrs import field, fields, frozen
@@ -207,6 +207,21 @@ def _sdpbx_only() -> dict[str, bool]:
     return {SDPBX_ONLY: True}
 
 
+def _bare_targets(targets: Iterable[str]) -> tuple[str, ...]:
+    """Targets as bare URIs: one written as a name-addr (``<sip:...>``, a common
+    slip) is accepted and stored as its URI, so every dialler can parse it. What
+    does not parse is kept as given, for :func:`_target_problem` to name."""
+    bare: list[str] = []
+    for target in targets:
+        if isinstance(target, str) and "<" in target:
+            try:
+                target = str(NameAddr.parse(target).uri)
+            except SipParseError:
+                pass  # reported by _target_problem
+        bare.append(target)
+    return tuple(bare)
+
+
 @frozen
 class RouteDecision:
     """Where a call goes: the HTTP router's response JSON plus sdpbx-only details.
@@ -233,7 +248,7 @@ class RouteDecision:
     """
 
     action: RouteAction
-    targets: tuple[str, ...] = ()
+    targets: tuple[str, ...] = field(default=(), converter=_bare_targets)
     strategy: Strategy = "sequential"
     record: bool = False
     timeout: float | None = None

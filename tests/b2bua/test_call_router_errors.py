@@ -95,10 +95,6 @@ async def test_an_unreachable_target_gets_the_caller_a_5xx(target: str, status: 
         rig.assert_clean()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RouteDecision accepts a <sip:...> name-addr target, which fork.py cannot parse (502)",
-)
 async def test_a_name_addr_target_the_decision_accepts_is_dialled() -> None:
     """routing/base.py validates targets with "a name-addr (<sip:...>) is a common slip;
     accept it", but the fork parses each target with parse_uri and gives 502 Bad Target."""
