@@ -18,7 +18,7 @@ from .b2bua.events import (
     HangupReason,
 )
 from .b2bua.registry import CallRegistry
-from .config import Config, config_from_dict, load_config, parse_config
+from .config import Config, config_from_dict, config_warnings, load_config, parse_config
 from .errors import (
     ConfigError,
     PayloadError,
@@ -105,6 +105,7 @@ __all__ = [
     "__version__",
     "as_router",
     "config_from_dict",
+    "config_warnings",
     "default_config",
     "load_config",
     "parse_config",

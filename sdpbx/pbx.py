@@ -31,6 +31,7 @@ from ._memory import pin_mmap_threshold
 from ._version import __version__
 from .authn import Authenticator
 from .config import Config, config_warnings
+from .errors import ConfigError
 from .locator import SqliteLocator
 from .proxy import Proxy
 from .registrar import Registrar
@@ -118,7 +119,20 @@ class Pbx:
         context: ssl.SSLContext | None = None
         if proxy.ssl_certificate and proxy.ssl_private_key:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(proxy.ssl_certificate, proxy.ssl_private_key)
+            try:
+                context.load_cert_chain(proxy.ssl_certificate, proxy.ssl_private_key)
+            except (OSError, ssl.SSLError) as exc:
+                # ssl says "[Errno 2] No such file or directory" without a path.
+                reason = exc.strerror or str(exc)
+                raise ConfigError(
+                    [
+                        (
+                            "proxy.ssl_certificate",
+                            f"cannot load certificate {proxy.ssl_certificate!r} with key "
+                            f"{proxy.ssl_private_key!r}: {reason}",
+                        )
+                    ]
+                ) from None
         if proxy.tls_port is not None and context is not None:
             out.append(TlsTransport(host, proxy.tls_port, context, connections=connections))
         if proxy.ws_port is not None:

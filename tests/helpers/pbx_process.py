@@ -20,8 +20,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from helpers.sipp import free_port
-
 REPO = Path(__file__).resolve().parents[2]
 FULL_PBX = REPO / "examples" / "full_pbx.py"
 
@@ -61,7 +59,6 @@ def pbx_toml(
     to ``[proxy]``, ``backends`` appends ``[[proxy.user_backends]]`` tables."""
     return f"""\
 database_url = "sqlite://{database}"
-http_addr = "127.0.0.1:{free_port(socket.SOCK_STREAM)}"
 log_level = "info"
 
 [proxy]
