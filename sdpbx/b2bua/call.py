@@ -226,10 +226,13 @@ class Call:
                 log.exception("call %s: cannot cancel %s", self.id, leg.label)
         try:
             if self.winner is not None:
-                self._spawn(functools.partial(self._bye, self.caller_leg))
                 self._spawn(functools.partial(self._bye, self.winner))
+            if self.winner is not None and self.incoming.answered:
+                self._spawn(functools.partial(self._bye, self.caller_leg))
                 self._end("bySystem", self.status_code or 500)
             else:
+                # Broken before the caller had its 200 (even after the callee's):
+                # the caller has no dialog to BYE and is still owed a final answer.
                 self._fail(500, "failed", text="Internal Error")
         except Exception:
             log.exception("call %s: cannot end the call", self.id)
@@ -423,21 +426,36 @@ class Call:
         if client is None or cancel is None:
             return
         try:
+            # §9.1: no CANCEL before a provisional. Sent earlier over UDP it may
+            # overtake its INVITE, get 481, and leave the phone ringing; wait for
+            # one (or the final response, or Timer B) instead.
+            while not leg.provisional:
+                response = await client.next_response()
+                if response.status < 200:
+                    leg.provisional = True
+                elif await self._end_crossed_leg(leg, response):
+                    return
             await transact(self._svc.stack, cancel, leg.peer)
             while True:
                 response = await client.next_response()
-                if response.status >= 300:
-                    return
-                if response.status >= 200:
-                    leg.dialog = self._accept_2xx(leg, response, None)
-                    if leg.dialog is not None:
-                        leg.ack(self._svc.stack)
-                        await self._bye(leg)
+                if await self._end_crossed_leg(leg, response):
                     return
         except TransactionClosed:
             return
         finally:
             client.close()
+
+    async def _end_crossed_leg(self, leg: Leg, response: Response) -> bool:
+        """A final response on a leg being cancelled ends it (a 2xx with ACK and
+        BYE); ``True`` once it is final."""
+        if response.status < 200:
+            return False
+        if response.status < 300:
+            leg.dialog = self._accept_2xx(leg, response, None)
+            if leg.dialog is not None:
+                leg.ack(self._svc.stack)
+                await self._bye(leg)
+        return True
 
     async def _bye(self, leg: Leg, reason: str | None = None) -> None:
         failure = await leg.bye(self._svc.stack, reason)

@@ -193,6 +193,8 @@ async def _final(call: Dialler, leg: Leg) -> Response:
     assert client is not None
     while True:
         response = await client.next_response()
+        if response.status < 200:
+            leg.provisional = True
         if response.status == 100:
             continue
         if response.status < 200:

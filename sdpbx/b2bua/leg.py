@@ -82,6 +82,7 @@ class Leg:
         "invite",
         "label",
         "peer",
+        "provisional",
         "target",
         "trunk",
     )
@@ -104,6 +105,8 @@ class Leg:
         self.dialog: Dialog | None = None
         self.client: ClientRequest | None = None
         self.early = False
+        #: Any provisional (even 100) arrived: only then may a CANCEL go (RFC 3261 §9.1).
+        self.provisional = False
         self.answered = False
         self.cancelled = False
         #: Set while our 2xx to this leg's INVITE waits for its ACK.

@@ -105,10 +105,6 @@ async def test_cancel_before_the_callee_sent_anything() -> None:
         rig.assert_clean()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RFC 3261 §9.1: the B2BUA CANCELs a callee leg before any provisional came",
-)
 async def test_no_cancel_goes_to_a_callee_before_its_first_provisional() -> None:
     """§9.1: "If no provisional response has been received, the CANCEL request MUST NOT be
     sent; rather, the client MUST wait for the arrival of a provisional response". Sent

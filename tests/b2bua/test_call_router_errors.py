@@ -196,10 +196,6 @@ async def test_a_fault_after_the_callee_answered_hangs_up_the_callee(
         assert any("media backend bug" in (r.exc_text or "") for r in caplog.records)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="call.py _crashed: a fault after the callee's 2xx leaves the caller unanswered",
-)
 async def test_a_fault_after_the_callee_answered_still_answers_the_caller(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
