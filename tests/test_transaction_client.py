@@ -14,6 +14,7 @@ from sdpbx.sip.transaction import (
     TransactionLayer,
     TransactionState,
     build_ack,
+    build_cancel,
 )
 
 S = TransactionState
@@ -230,6 +231,26 @@ def test_build_ack_keeps_only_the_top_via() -> None:
     ack = build_ack(invite, resp(invite, 404))
     assert ack.headers.get_all("via") == ["SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKcli1"]
     assert ack.method == "ACK" and ack.cseq.number == 7 and ack.to.tag == "tt1"
+
+
+def test_build_cancel_matches_the_invite_as_section_9_1_asks() -> None:
+    invite = req("INVITE")
+    invite = invite.replace(
+        headers=invite.headers.add("Via", "SIP/2.0/UDP proxy.example.com")
+        .add("Route", "<sip:edge.example.com;lr>")
+        .add("Contact", "<sip:alice@10.0.0.1>")
+    )
+    cancel = build_cancel(invite)
+    # Only the top Via (its branch pairs CANCEL and INVITE), the Route set, no Contact.
+    assert cancel.headers.get_all("via") == ["SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKcli1"]
+    assert cancel.headers.get_all("route") == ["<sip:edge.example.com;lr>"]
+    assert "contact" not in cancel.headers
+    assert cancel.method == "CANCEL" and cancel.uri == invite.uri
+    assert (cancel.cseq.number, cancel.cseq.method) == (invite.cseq.number, "CANCEL")
+    assert cancel.call_id == invite.call_id
+    assert cancel.headers.get("from") == invite.headers.get("from")
+    assert cancel.headers.get("to") == invite.headers.get("to")  # no tag of any response
+    assert parse_message(bytes(cancel)).method == "CANCEL"  # type: ignore[union-attr]
 
 
 def test_set_ack_resends_the_tu_ack_on_2xx_retransmission() -> None:

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ..errors import TransactionClosed
-from ..sip import Dialog, Request, Response, SipUri, Uri
-from ..sip.headers import canonical_key
+from ..sip import Dialog, Request, Response, SipUri, Uri, build_cancel
 from ..transport.base import Peer, TransportName
 
 if TYPE_CHECKING:
@@ -28,8 +27,6 @@ __all__ = ["Leg", "resolve_uri", "transact"]
 #: How long a request for a leg waits for that leg's ACK of our 2xx (64*T1).
 ACK_WAIT = 32.0
 #: What a CANCEL copies from the INVITE it cancels (RFC 3261 §9.1), compact forms included.
-_CANCEL_COPIES = frozenset({"via", "from", "to", "call-id", "route"})
-
 _TRANSPORTS: dict[str, TransportName] = {
     "UDP": "UDP",
     "TCP": "TCP",
@@ -159,13 +156,7 @@ class Leg:
 
     def cancel_request(self) -> Request | None:
         """The CANCEL of this leg's INVITE (same Via branch, so the stack pairs them)."""
-        invite = self.invite
-        if invite is None:
-            return None
-        headers = [(n, v) for n, v in invite.headers if canonical_key(n) in _CANCEL_COPIES]
-        headers.append(("CSeq", f"{invite.cseq.number} CANCEL"))
-        headers.append(("Max-Forwards", "70"))
-        return Request.create("CANCEL", invite.uri, headers)
+        return None if self.invite is None else build_cancel(self.invite)
 
     async def bye(self, stack: SipStack, reason: str | None = None) -> str | None:
         """Hang up this leg's dialog once; the reason it failed, or None.

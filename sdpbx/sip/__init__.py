@@ -30,6 +30,7 @@ from .transaction import (
     TransactionTerminated,
     TransactionTimeout,
     build_ack,
+    build_cancel,
 )
 from .uri import AbsoluteUri, SipUri, TelUri, Uri, parse_uri
 
@@ -69,6 +70,7 @@ __all__ = [
     "Uri",
     "Via",
     "build_ack",
+    "build_cancel",
     "canonical_key",
     "dialog_id_for_request",
     "dialog_id_for_response",

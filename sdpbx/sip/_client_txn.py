@@ -107,6 +107,25 @@ def build_ack(invite: Request, response: Response) -> Request:
     return Request.create("ACK", invite.uri, items)
 
 
+def build_cancel(invite: Request) -> Request:
+    """The CANCEL of a pending INVITE, as §9.1 builds it.
+
+    Same Request-URI, Call-ID, From, To (no tag of the response: the CANCEL is for
+    every early dialog) and CSeq number as the INVITE, its top Via only (the same
+    branch pairs the two at the far end) and its Route headers. Send it only once
+    a provisional response has arrived (§9.1).
+    """
+    headers = invite.headers
+    items: list[tuple[str, str]] = [("Via", split_commas(headers.get("via") or "")[0])]
+    items.extend(("Route", value) for name, value in headers if canonical_key(name) == "route")
+    items.append(("Max-Forwards", "70"))
+    items.append(("From", headers.get("from") or ""))
+    items.append(("To", headers.get("to") or ""))
+    items.append(("Call-ID", invite.call_id))
+    items.append(("CSeq", f"{invite.cseq.number} CANCEL"))
+    return Request.create("CANCEL", invite.uri, items)
+
+
 class ClientSide(LayerCore):
     """The layer's client operations; :class:`~.transaction.TransactionLayer` mixes them in."""
 

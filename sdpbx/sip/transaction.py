@@ -31,7 +31,13 @@ from __future__ import annotations
 
 from typing import TypeAlias
 
-from ._client_txn import ClientSide, ClientTransaction, ResponseReceived, build_ack
+from ._client_txn import (
+    ClientSide,
+    ClientTransaction,
+    ResponseReceived,
+    build_ack,
+    build_cancel,
+)
 from ._server_txn import (
     AckForInvite,
     NewTransaction,
@@ -66,6 +72,7 @@ __all__ = [
     "TransactionTerminated",
     "TransactionTimeout",
     "build_ack",
+    "build_cancel",
 ]
 
 TransactionEvent: TypeAlias = ResponseReceived | TransactionTimeout | TransactionTerminated
