@@ -45,7 +45,6 @@ they need no flush to happen.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +58,7 @@ from .locator import Binding, Locator
 from .sip.errors import SipParseError
 from .sip.fields import NameAddr
 from .sip.uri import SipUri
+from .transport.base import is_ip_address
 
 if TYPE_CHECKING:
     from .config import ProxyConfig
@@ -149,14 +149,6 @@ def _log_change(what: str, binding: Binding, detail: str = "") -> None:
         binding.destination,
         detail,
     )
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _format_q(q: float) -> str:
@@ -373,7 +365,7 @@ class Registrar:
     def _reach(self, contact: SipUri, peer: Peer) -> tuple[str, int]:
         """Where requests for a binding go: its source (``nat_fix``), or, without
         it, a UDP Contact's own IP address and port."""
-        if self.nat_fix or peer.connection_id is not None or not _is_ip(contact.host):
+        if self.nat_fix or peer.connection_id is not None or not is_ip_address(contact.host):
             return peer.host, peer.port
         return contact.host, contact.port or (5061 if contact.secure else 5060)
 

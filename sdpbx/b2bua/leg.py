@@ -9,7 +9,6 @@ in-dialog requests reach phones behind NAT whatever their Contact says.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from typing import TYPE_CHECKING
 
@@ -17,7 +16,7 @@ import anyio
 
 from ..errors import TransactionClosed
 from ..sip import Dialog, Request, Response, SipUri, Uri, build_cancel
-from ..transport.base import Peer, TransportName
+from ..transport.base import Peer, TransportName, is_ip_address
 
 if TYPE_CHECKING:
     from ..stack import ClientRequest, SipStack
@@ -36,14 +35,6 @@ _TRANSPORTS: dict[str, TransportName] = {
 }
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 async def resolve_uri(uri: Uri, *, default_transport: TransportName = "UDP") -> Peer:
     """Where a request for ``uri`` goes: transport, address and port.
 
@@ -57,7 +48,7 @@ async def resolve_uri(uri: Uri, *, default_transport: TransportName = "UDP") -> 
         transport = "TLS" if uri.secure else default_transport
     host = uri.param("maddr") or uri.host
     port = uri.port or (5061 if transport in ("TLS", "WSS") else 5060)
-    if not _is_ip(host):
+    if not is_ip_address(host):
         kind = socket.SOCK_DGRAM if transport == "UDP" else socket.SOCK_STREAM
         infos = await anyio.getaddrinfo(host, port, type=kind)
         if not infos:

@@ -416,13 +416,10 @@ def _target_problem(target: object) -> str | None:
     if not isinstance(target, str):
         return "expected a string"
     try:
+        # A name-addr target (``<sip:...>``) was made bare by _bare_targets already.
         uri = parse_uri(target.strip())
     except SipParseError as exc:
-        # A target written as a name-addr (``<sip:...>``) is a common slip; accept it.
-        try:
-            uri = NameAddr.parse(target).uri
-        except SipParseError:
-            return f"not a SIP URI ({exc})"
+        return f"not a SIP URI ({exc})"
     if not isinstance(uri, SipUri):
         return f"not a SIP URI: {target!r}"
     return None

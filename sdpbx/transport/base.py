@@ -9,6 +9,8 @@ datagram; sending is awaited because a stream may have to connect first.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import itertools
 import os
 from typing import Literal, Protocol
@@ -22,12 +24,24 @@ __all__ = [
     "Transport",
     "TransportHandler",
     "TransportName",
+    "is_ip_address",
     "next_connection_id",
 ]
 
 TransportName = Literal["UDP", "TCP", "TLS", "WS", "WSS"]
 
 _connection_ids = itertools.count(1)
+
+
+@functools.lru_cache(maxsize=4096)
+def is_ip_address(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address, i.e. needs no DNS to reach.
+    Cached: the same few hosts are asked about for every binding and call."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def next_connection_id() -> int:
