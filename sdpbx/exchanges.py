@@ -138,6 +138,14 @@ class IncomingRequest:
         if self.transaction is not None and not self.answered:
             self._stack.abandon(self.transaction)
 
+    def cancelled_invite(self) -> IncomingRequest | None:
+        """For a CANCEL: the INVITE it cancels, as its handler received it; ``None``
+        when no INVITE transaction matches (answer the CANCEL 481) or when that
+        INVITE is already answered and its transaction let its context go."""
+        txn = self._stack.find_invite_for_cancel(self.request)
+        invite = txn.context if txn is not None else None
+        return invite if isinstance(invite, IncomingRequest) else None
+
     def discard(self) -> None:
         """Never answer and keep nothing: a retransmission is a new request.
 

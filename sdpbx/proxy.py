@@ -339,9 +339,8 @@ class Proxy(RequestHandler):
         await call.handle_in_dialog(leg, incoming)
 
     def _cancel(self, incoming: IncomingRequest) -> None:
-        txn = self.stack.find_invite_for_cancel(incoming.request)
-        invite = txn.context if txn is not None else None
-        if not isinstance(invite, IncomingRequest):
+        invite = incoming.cancelled_invite()
+        if invite is None:
             incoming.respond(481)
             return
         call = invite.owner

@@ -309,9 +309,8 @@ class Endpoint(RequestHandler):
             raise AssertionError(f"unknown script {script!r}")
 
     def _cancel(self, incoming: IncomingRequest) -> None:
-        txn = self.stack.find_invite_for_cancel(incoming.request)
-        invite = txn.context if txn is not None else None
-        if not isinstance(invite, IncomingRequest):
+        invite = incoming.cancelled_invite()
+        if invite is None:
             incoming.respond(481)
             return
         if self.answer_on_cancel and not invite.answered:
